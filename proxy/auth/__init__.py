@@ -1,0 +1,1 @@
+"""Authentication primitives (pure functions, no I/O) for both protocols."""

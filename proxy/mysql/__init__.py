@@ -1,0 +1,1 @@
+"""MySQL/MariaDB client/server protocol: codec, client sessions and server connections."""

@@ -1,0 +1,1 @@
+"""PostgreSQL v3 wire protocol: codec, client sessions and server connections."""
