@@ -1,0 +1,156 @@
+"""The daemon: starts listeners and the janitor, handles signals, shuts down gracefully.
+
+SIGTERM/SIGINT: stop accepting, let open transactions finish (up to shutdown_timeout), then
+close every client with 57P01 / a MySQL shutdown error. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from typing import Any
+
+from . import __version__
+from .config import Config, ListenerConfig
+from .errors import ShuttingDown
+from .janitor import Janitor
+from .listener import ListenerRuntime
+from .pool import CloseReason, Pool
+
+log = logging.getLogger("poolproxy.daemon")
+
+
+async def _pg_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
+                     password: str | None) -> Any:
+    from .postgres.server import open_server
+    srv = rt.config.server
+    return await open_server(pool, srv.host, srv.port, user, password, dbname,
+                             pool.settings.server_connect_timeout)
+
+
+class Daemon:
+    def __init__(self, config: Config, clock: Any = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.listeners: list[ListenerRuntime] = []
+        self.draining = False
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def pools(self) -> list[Pool]:
+        return [p for rt in self.listeners for p in rt.pools.values()]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for lcfg in self.config.listeners:
+            rt = self._make_listener(lcfg, loop)
+            if rt is not None:
+                self.listeners.append(rt)
+        janitor = Janitor(self.pools, self.clock)
+        self._tasks.append(asyncio.ensure_future(janitor.run()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        log.info("poolproxy %s started with %d listener(s)", __version__, len(self.listeners))
+
+    def _make_listener(self, lcfg: ListenerConfig,
+                       loop: asyncio.AbstractEventLoop) -> ListenerRuntime | None:
+        if lcfg.protocol != "postgres":
+            log.error("listener %s: protocol %s is not available yet; skipped", lcfg.name,
+                      lcfg.protocol)
+            return None
+        from .postgres.client import ClientConnection
+        rt = ListenerRuntime(lcfg, _pg_opener, loop, self.clock)
+        rt.protocol_factory = lambda: ClientConnection(rt)  # type: ignore[attr-defined]
+        return rt
+
+    async def bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        for rt in self.listeners:
+            lcfg = rt.config
+            host = lcfg.listen_host or None
+            rt.server = await loop.create_server(
+                rt.protocol_factory, host, lcfg.listen_port,  # type: ignore[attr-defined]
+                reuse_address=True, backlog=1024)
+            for sock in rt.server.sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            log.info("listener %s (%s) on %s -> %s", lcfg.name, lcfg.protocol,
+                     lcfg.listen_address, lcfg.server)
+
+    def request_stop(self) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second stop signal: exiting now")
+            self._immediate_exit()
+            return
+        log.info("stop requested: draining")
+        self._stop.set()
+
+    def _immediate_exit(self) -> None:
+        for rt in self.listeners:
+            rt.close_all(CloseReason.SHUTDOWN)
+        raise SystemExit(1)
+
+    async def run(self) -> None:
+        await self.start()
+        await self.bind()
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        for rt in self.listeners:
+            rt.draining = True
+            if rt.server is not None:
+                rt.server.close()
+        timeout = self.config.defaults.shutdown_timeout
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            self._close_idle_clients()
+            if not any(rt.active_transactions() for rt in self.listeners):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            log.warning("shutdown_timeout (%gs) reached with open transactions", timeout)
+        for rt in self.listeners:
+            for client in list(rt.clients):
+                client.fail(ShuttingDown("poolproxy is shutting down",
+                                         hint="reconnect; another instance may be available"))
+            rt.close_all(CloseReason.SHUTDOWN)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.sleep(0.05)  # let transports flush their goodbyes
+        log.info("poolproxy stopped")
+
+    def _close_idle_clients(self) -> None:
+        from .pool import ClientState
+        for rt in self.listeners:
+            for client in list(rt.clients):
+                if client.state in (ClientState.IDLE, ClientState.LOGIN) and client.server is None:
+                    client.fail(ShuttingDown("poolproxy is shutting down",
+                                             hint="reconnect; another instance may be available"))
+
+
+def run(config: Config) -> int:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
+        log.warning("uvloop not available; using the default asyncio loop")
+    daemon_holder: dict[str, Daemon] = {}
+
+    async def main() -> None:
+        daemon = Daemon(config)
+        daemon_holder["d"] = daemon
+        await daemon.run()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

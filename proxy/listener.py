@@ -1,0 +1,145 @@
+"""Runtime state of one listener: its pools, clients, cancel keys and counters.
+
+Protocol-agnostic: the protocol package supplies the client Protocol class and the coroutine that
+opens a server connection; this module owns what both need (pools per (database, user),
+the client registry, SCRAM verifier cache, per-listener counters read by metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .auth import scram
+from .config import ListenerConfig
+from .pool import Clock, CloseReason, Pool
+
+log = logging.getLogger("poolproxy.listener")
+
+#: (listener runtime, pool, server dbname, user, password) -> logged-in server connection
+ServerOpener = Callable[["ListenerRuntime", Pool, str, str, "str | None"], Awaitable[Any]]
+
+
+class ListenerRuntime:
+    def __init__(self, config: ListenerConfig, opener: ServerOpener,
+                 loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
+        self.config = config
+        self.opener = opener
+        self.loop = loop
+        self.clock = clock
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.clients: set[Any] = set()
+        self.cancel_keys: dict[int, Any] = {}
+        self.draining = False
+        self.server: asyncio.AbstractServer | None = None
+        self.client_results: dict[str, int] = {}
+        self.pins: dict[str, int] = {}
+        self._verifiers: dict[tuple[str, str], scram.ScramVerifier] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # ------------------------------------------------------------------ pools
+    def get_pool(self, database: str, user: str) -> Pool:
+        key = (database, user)
+        pool = self.pools.get(key)
+        if pool is None or pool.closed:
+            cfg = self.config
+            dbcfg = cfg.database(database)
+            ucfg = cfg.user(user)
+            settings = cfg.settings_for(dbcfg, ucfg)
+            server_db = cfg.server_dbname(database) or database
+            password = ucfg.password if ucfg is not None else None
+
+            def connect(p: Pool) -> Awaitable[Any]:
+                return self.opener(self, p, server_db, user, password)
+
+            pool = Pool(cfg.name, database, user, settings, connect, self.clock)
+            self.pools[key] = pool
+        return pool
+
+    # ------------------------------------------------------------------ clients
+    def client_connected(self, client: Any) -> None:
+        self.clients.add(client)
+
+    def client_disconnected(self, client: Any) -> None:
+        self.clients.discard(client)
+        key = getattr(client, "key", None)
+        if key and self.cancel_keys.get(key[0]) is client:
+            del self.cancel_keys[key[0]]
+
+    def register_cancel_key(self, client: Any) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbits(31) or 1
+            if pid not in self.cancel_keys:
+                break
+        self.cancel_keys[pid] = client
+        return pid, secrets.randbits(32)
+
+    def handle_cancel(self, pid: int, secret: int) -> None:
+        """Route a CancelRequest to the server the client holds right now, or drop it."""
+        client = self.cancel_keys.get(pid)
+        if client is None or client.key[1] != secret:
+            log.debug("cancel request for unknown key dropped")
+            return
+        server = client.server
+        if server is None or client.pending <= 0:
+            log.debug("%r: cancel dropped: no query running", client)
+            return
+        server.cancels_in_flight += 1
+        self.spawn(self._cancel(server))
+
+    async def _cancel(self, server: Any) -> None:
+        from .postgres.server import send_cancel
+        try:
+            await send_cancel(self.config.server.host, self.config.server.port, server.key)
+        except (TimeoutError, OSError) as exc:
+            log.warning("cancel request to server failed: %s", exc)
+        finally:
+            server.cancels_in_flight -= 1
+            if not server.cancels_in_flight and server.release_when_cancelled:
+                server.release_when_cancelled = False
+                server.pool.checkin(server)
+
+    def scram_verifier(self, user: str, password: str | None) -> scram.ScramVerifier:
+        """Per-user verifier, derived once (PBKDF2 is too slow for every login)."""
+        if password is None:
+            return scram.mock_verifier(user)
+        key = (user, password)
+        verifier = self._verifiers.get(key)
+        if verifier is None:
+            verifier = self._verifiers[key] = scram.make_verifier(password)
+        return verifier
+
+    # ------------------------------------------------------------------ counters
+    def count_result(self, result: str) -> None:
+        self.client_results[result] = self.client_results.get(result, 0) + 1
+
+    def count_pin(self, reason: str) -> None:
+        self.pins[reason] = self.pins.get(reason, 0) + 1
+
+    # ------------------------------------------------------------------ tasks, shutdown
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def active_transactions(self) -> int:
+        return sum(len(p.active) for p in self.pools.values())
+
+    def close_all(self, reason: CloseReason) -> None:
+        for pool in self.pools.values():
+            pool.close_all(reason)
+        for task in list(self._tasks):
+            task.cancel()

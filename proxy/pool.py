@@ -1,0 +1,335 @@
+"""Protocol-agnostic server pool per (listener, database, user): idle servers, FIFO waiters, limits.
+
+The pool never parses bytes. Sessions check servers out and in; the pool decides which server a
+waiter gets, when a new connection is opened (through an injected `connect` coroutine), and
+when a returned server is too old to keep. Time comes from an injected clock so tests of the
+timeouts need not sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from .config import PoolSettings
+from .errors import ProxyError, QueryWaitTimeout, ServerLoginError
+
+log = logging.getLogger("poolproxy.pool")
+
+
+class ServerState(enum.Enum):
+    LOGIN = "login"
+    IDLE = "idle"
+    ACTIVE = "active"
+    TESTING = "testing"
+    CLOSED = "closed"
+
+
+class ClientState(enum.Enum):
+    LOGIN = "login"
+    IDLE = "idle"
+    WAITING = "waiting"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+class CloseReason(enum.Enum):
+    """Why a server connection was closed; the value is both log text and metrics label."""
+
+    IDLE_TIMEOUT = "idle_timeout"
+    LIFETIME = "lifetime"
+    CHECK_FAILED = "check_failed"
+    SERVER_ERROR = "server_error"
+    CLIENT_ABORT = "client_abort"
+    CONFIG_RELOAD = "config_reload"
+    SHUTDOWN = "shutdown"
+    POOL_LIMIT = "pool_limit"
+
+
+class PooledServer(Protocol):
+    """What the pool needs of a server connection (implemented per protocol)."""
+
+    state: ServerState
+    created_at: float
+    last_used: float
+    expires_at: float
+
+    def close(self, reason: CloseReason) -> None: ...
+
+
+class Waiter(Protocol):
+    """A client waiting for a server: the pool calls exactly one of the two methods."""
+
+    wait_started: float
+
+    def on_server(self, server: Any) -> None: ...
+
+    def on_pool_error(self, exc: ProxyError) -> None: ...
+
+
+Clock = Callable[[], float]
+
+
+class PoolStats:
+    """Plain integer counters bumped on the hot path; the metrics collector reads them."""
+
+    __slots__ = ("transactions", "queries", "bytes_in", "bytes_out", "wait_time_total",
+                 "wait_count", "xact_time_total", "opened", "closed")
+
+    def __init__(self) -> None:
+        self.transactions = 0
+        self.queries = 0
+        self.bytes_in = 0  # client -> server
+        self.bytes_out = 0  # server -> client
+        self.wait_time_total = 0.0
+        self.wait_count = 0
+        self.xact_time_total = 0.0
+        self.opened = 0
+        self.closed: dict[str, int] = {}
+
+
+class Pool:
+    """Server connections of one (listener, database, user)."""
+
+    def __init__(self, listener: str, database: str, user: str, settings: PoolSettings,
+                 connect: Callable[[Pool], Awaitable[Any]], clock: Clock = time.monotonic) -> None:
+        self.listener = listener
+        self.database = database
+        self.user = user
+        self.settings = settings
+        self._connect = connect
+        self.clock = clock
+        self.idle: deque[Any] = deque()  # LIFO: hot servers stay hot, cold ones age out
+        self.active: set[Any] = set()
+        self.waiters: deque[Waiter] = deque()
+        self.opening = 0
+        self.clients = 0  # logged-in clients of this pool
+        self.stats = PoolStats()
+        #: ParameterStatus values of the first server, sent to clients at login (PostgreSQL).
+        self.server_params: dict[str, str] | None = None
+        self.last_login_error: ProxyError | None = None
+        self.last_login_error_at = 0.0
+        self.paused = False
+        self.closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def total(self) -> int:
+        return len(self.idle) + len(self.active) + self.opening
+
+    @property
+    def limit(self) -> int:
+        return self.settings.pool_size
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.listener}/{self.database}/{self.user}>"
+
+    # ------------------------------------------------------------------ checkout / checkin
+    def checkout(self, waiter: Waiter) -> Any | None:
+        """Return an idle server at once, or queue `waiter` (FIFO) and return None."""
+        if self.idle and not self.waiters and not self.paused:
+            server = self.idle.pop()
+            server.state = ServerState.ACTIVE
+            self.active.add(server)
+            return server
+        waiter.wait_started = self.clock()
+        self.waiters.append(waiter)
+        self._maybe_open()
+        return None
+
+    def cancel_wait(self, waiter: Waiter) -> None:
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def checkin(self, server: Any) -> None:
+        """A server is clean again: hand it to the first waiter or park it idle."""
+        self.active.discard(server)
+        if server.state is ServerState.CLOSED:
+            self._maybe_open()
+            return
+        now = self.clock()
+        server.last_used = now
+        if self.closed:
+            server.close(CloseReason.CONFIG_RELOAD)
+            return
+        if now >= server.expires_at:
+            self._close(server, CloseReason.LIFETIME)
+            self._maybe_open()
+            return
+        if self.total > self.limit and not self.waiters:
+            self._close(server, CloseReason.POOL_LIMIT)
+            return
+        self._hand_out(server)
+
+    def discard(self, server: Any, reason: CloseReason) -> None:
+        """Remove a server (active or idle) that must not be reused."""
+        self.active.discard(server)
+        try:
+            self.idle.remove(server)
+        except ValueError:
+            pass
+        if server.state is not ServerState.CLOSED:
+            self._close(server, reason)
+        else:
+            self._count_close(reason)
+        self._maybe_open()
+
+    def _hand_out(self, server: Any) -> None:
+        while self.waiters and not self.paused:
+            waiter = self.waiters.popleft()
+            server.state = ServerState.ACTIVE
+            self.active.add(server)
+            self.stats.wait_time_total += self.clock() - waiter.wait_started
+            self.stats.wait_count += 1
+            try:
+                waiter.on_server(server)
+            except Exception:  # a broken waiter must not lose the server
+                log.exception("%r: waiter failed to take a server", self)
+                if server in self.active and server.state is ServerState.ACTIVE:
+                    self.active.discard(server)
+                    continue
+            return
+        server.state = ServerState.IDLE
+        self.idle.append(server)
+
+    def _close(self, server: Any, reason: CloseReason) -> None:
+        self._count_close(reason)
+        server.close(reason)
+
+    def _count_close(self, reason: CloseReason) -> None:
+        closed = self.stats.closed
+        closed[reason.value] = closed.get(reason.value, 0) + 1
+
+    # ------------------------------------------------------------------ opening
+    def lifetime_deadline(self, now: float) -> float:
+        """Creation time + lifetime shortened by a random part of the jitter, so a pool
+        opened all at once does not expire all at once."""
+        lifetime = self.settings.server_lifetime
+        if lifetime <= 0:
+            return float("inf")
+        jitter = self.settings.server_lifetime_jitter
+        return now + lifetime * (1.0 - jitter * random.random())
+
+    def _maybe_open(self) -> None:
+        if self.closed or self.paused:
+            return
+        while len(self.waiters) > self.opening and self.total < self.limit:
+            if self._login_backoff():
+                return
+            self.opening += 1
+            self._spawn(self._open())
+
+    def _login_backoff(self) -> bool:
+        """True while a recent login failure says not to retry yet (server_login_retry)."""
+        if self.last_login_error is None:
+            return False
+        if self.clock() - self.last_login_error_at < self.settings.server_login_retry:
+            if isinstance(self.last_login_error, ServerLoginError):
+                # The server refused us (bad password, no such database): fail fast.
+                self._fail_waiters(self.last_login_error)
+            elif not self.opening:
+                self._spawn(self._retry_later())
+            return True
+        return False
+
+    async def _retry_later(self) -> None:
+        await asyncio.sleep(self.settings.server_login_retry)
+        self._maybe_open()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self) -> None:
+        try:
+            server = await self._connect(self)
+        except ProxyError as exc:
+            self.opening -= 1
+            self.last_login_error = exc
+            self.last_login_error_at = self.clock()
+            log.warning("%r: cannot open server connection: %s", self, exc.message)
+            if isinstance(exc, ServerLoginError):
+                self._fail_waiters(exc)
+            else:
+                self._maybe_open()
+            return
+        except Exception as exc:  # a bug, not a server problem: keep the pool usable
+            self.opening -= 1
+            log.exception("%r: unexpected error opening server connection", self)
+            self._fail_waiters(ProxyError(f"internal error opening server connection: {exc}"))
+            return
+        self.opening -= 1
+        self.last_login_error = None
+        self.stats.opened += 1
+        if self.server_params is None and getattr(server, "params", None) is not None:
+            self.server_params = dict(server.params)
+        self._hand_out(server)
+
+    def _fail_waiters(self, exc: ProxyError) -> None:
+        waiters, self.waiters = self.waiters, deque()
+        for waiter in waiters:
+            waiter.on_pool_error(exc)
+
+    # ------------------------------------------------------------------ maintenance
+    def expire_waiters(self, now: float) -> None:
+        timeout = self.settings.query_wait_timeout
+        if timeout <= 0:
+            return
+        while self.waiters and now - self.waiters[0].wait_started >= timeout:
+            waiter = self.waiters.popleft()
+            waiter.on_pool_error(QueryWaitTimeout(
+                f"query_wait_timeout: no server connection became free within {timeout:g}s",
+                hint="raise pool_size or query_wait_timeout, or shorten transactions"))
+
+    def reap_idle(self, now: float) -> None:
+        """Close servers idle longer than server_idle_timeout (oldest first), keeping min_pool_size."""
+        timeout = self.settings.server_idle_timeout
+        for server in list(self.idle):
+            if self.total <= self.settings.min_pool_size:
+                break
+            if timeout > 0 and now - server.last_used >= timeout:
+                self.idle.remove(server)
+                self._close(server, CloseReason.IDLE_TIMEOUT)
+            elif now >= server.expires_at:
+                self.idle.remove(server)
+                self._close(server, CloseReason.LIFETIME)
+
+    def remove_idle(self, server: Any, reason: CloseReason) -> None:
+        """An idle server died or misbehaved (EOF, unsolicited error)."""
+        try:
+            self.idle.remove(server)
+        except ValueError:
+            pass
+        self.discard(server, reason)
+
+    def close_all(self, reason: CloseReason) -> None:
+        self.closed = True
+        while self.idle:
+            self._close(self.idle.pop(), reason)
+        for server in list(self.active):
+            self._close(server, reason)
+        self.active.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "listener": self.listener, "database": self.database, "user": self.user,
+            "pool_mode": self.settings.pool_mode, "pool_size": self.settings.pool_size,
+            "servers": {"active": len(self.active), "idle": len(self.idle), "login": self.opening},
+            "waiters": len(self.waiters),
+            "max_wait": (now - self.waiters[0].wait_started) if self.waiters else 0.0,
+            "clients": self.clients,
+            "paused": self.paused,
+        }

@@ -1,0 +1,562 @@
+"""A PostgreSQL client session: startup, authentication, and the client->server hot path.
+
+The session borrows a server from its pool when the client sends a message and gives it back in
+`maybe_release`, the one place that decides release: ReadyForQuery 'I', every Sync/Query the
+client sent answered, no half-sent message, no unsynced extended-protocol messages, not in COPY,
+not pinned, not session mode. Everything that is not release-safe keeps the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from ..auth import md5 as md5auth
+from ..auth import scram
+from ..errors import (
+    AuthFailed,
+    FeatureNotSupported,
+    ProtocolViolation,
+    ProxyError,
+    ServerConnectionLost,
+    ShuttingDown,
+    TooManyConnections,
+    UnknownDatabase,
+)
+from ..pool import ClientState, CloseReason, Pool, ServerState
+from . import codec
+from .codec import (
+    MSG_COPY_DONE,
+    MSG_COPY_FAIL,
+    MSG_EXECUTE,
+    MSG_PARSE,
+    MSG_PASSWORD,
+    MSG_QUERY,
+    MSG_SYNC,
+    MSG_TERMINATE,
+)
+from .params import SYNC_PARAMS, canonical_param, sync_sql, tracked_lower
+from .statements import PinReason, classify
+
+if TYPE_CHECKING:
+    from ..listener import ListenerRuntime
+    from .server import ServerConnection
+
+log = logging.getLogger("poolproxy.postgres.client")
+
+_MSG_FUNCTION_CALL = 0x46  # 'F': answered with ReadyForQuery like a Query
+_I = 0x49
+#: After one of these (as the last message of a chunk) the client expects an answer it can wait for.
+_SYNC_POINTS = frozenset((MSG_QUERY, MSG_SYNC, _MSG_FUNCTION_CALL, MSG_COPY_DONE, MSG_COPY_FAIL,
+                          0x64, MSG_TERMINATE))
+_FRONTEND_INTERESTING = (MSG_QUERY, MSG_PARSE, MSG_SYNC, MSG_TERMINATE, _MSG_FUNCTION_CALL,
+                         MSG_EXECUTE, MSG_COPY_DONE, MSG_COPY_FAIL)
+#: Query text beyond this is not kept for pin analysis (the statement keywords come first).
+_MAX_ANALYSED = 64 * 1024
+_IGNORED_STARTUP = frozenset(("extra_float_digits",))
+
+
+class _ParamsWaiter:
+    """Borrows one server just to learn the server's parameters for the first client's login."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.wait_started = 0.0
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def on_server(self, server: Any) -> None:
+        if self.future.done():
+            raise RuntimeError("waiter gone")
+        self.future.set_result(server)
+
+    def on_pool_error(self, exc: ProxyError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One application connection to a PostgreSQL listener."""
+
+    def __init__(self, listener: ListenerRuntime) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.state = ClientState.LOGIN
+        self.peer = "?"
+        self.user = ""
+        self.database = ""
+        self.pool: Pool | None = None
+        self.server: ServerConnection | None = None
+        self.params: dict[str, str] = {}
+        self.pending = 0  # ReadyForQuery messages the client is owed
+        self.unsynced = False  # extended-protocol messages sent after the last Sync
+        self.copy_mode = False
+        self.syncs_since_exec = 0
+        self.pinned: str | None = None
+        self.session_mode = False
+        self.statement_mode = False
+        self.wait_started = 0.0
+        self.xact_started = 0.0
+        self.key = (0, 0)
+        self._buffer: list[bytes] = []
+        self.scanner = codec.MessageScanner(_FRONTEND_INTERESTING, keep_body=(MSG_QUERY, MSG_PARSE),
+                                            max_body=_MAX_ANALYSED)
+        self._tracked = tracked_lower()
+        # login state
+        self._startup: codec.StartupReader | None = codec.StartupReader()
+        self._reader: codec.MessageReader | None = None
+        self._auth_step: str | None = None
+        self._scram: scram.ScramServer | None = None
+        self._md5_salt = b""
+        self._password: str | None = None
+        self._startup_params: dict[str, str] = {}
+        self._login_timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<pg client {self.user}@{self.database} {self.peer}>"
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.listener.client_connected(self)
+        timeout = self.listener.config.settings.client_login_timeout
+        if timeout > 0:
+            self._login_timer = self.loop.call_later(timeout, self._login_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is ClientState.LOGIN:
+            self._login_data(data)
+        else:
+            self._client_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disconnect()
+
+    # ------------------------------------------------------------------ errors
+    def fail(self, exc: ProxyError, fatal: bool = True) -> None:
+        """Send `exc` as an ErrorResponse; FATAL ones close the connection."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(codec.error_response(
+            exc.sqlstate, exc.message, severity="FATAL" if fatal else "ERROR",
+            detail=exc.detail, hint=exc.hint))
+        if fatal:
+            self.transport.close()
+
+    # ------------------------------------------------------------------ login
+    def _login_timed_out(self) -> None:
+        if self.state is ClientState.LOGIN:
+            self.listener.count_result("protocol_error")
+            self.fail(ProtocolViolation("client_login_timeout: login not completed in time"))
+
+    def _login_data(self, data: bytes) -> None:
+        try:
+            if self._startup is not None:
+                payload = self._startup.feed(data)
+                while payload is not None:
+                    if not self._on_startup_packet(payload):
+                        return
+                    if self._startup is None:
+                        break
+                    payload = self._startup.feed(b"")
+                return
+            if self._reader is not None:
+                for t, body in self._reader.feed(data):
+                    if t != MSG_PASSWORD:
+                        raise ProtocolViolation(
+                            f"expected a password/SASL message during authentication, got {chr(t)!r}")
+                    self._on_auth_message(body)
+                    if self.state is not ClientState.LOGIN or self._reader is None:
+                        break
+        except ProxyError as exc:
+            self.listener.count_result("auth_failed" if isinstance(exc, AuthFailed)
+                                       else "protocol_error")
+            log.info("%r: login refused: %s", self, exc.message)
+            self.fail(exc)
+        except codec.ProtocolError as exc:
+            self.listener.count_result("protocol_error")
+            log.info("%r: protocol violation at login: %s", self, exc)
+            self.fail(ProtocolViolation(f"invalid startup or authentication message: {exc}"))
+
+    def _on_startup_packet(self, payload: bytes) -> bool:
+        msg = codec.parse_startup(payload)
+        if isinstance(msg, codec.SpecialRequest):
+            if msg.code == codec.CANCEL_REQUEST_CODE:
+                self.listener.handle_cancel(msg.pid, msg.secret)
+                self.transport.close()  # type: ignore[union-attr]
+                return False
+            self.transport.write(b"N")  # type: ignore[union-attr]  # no TLS / GSS (yet)
+            return True
+        rest = self._startup.take_rest() if self._startup else b""
+        self._startup = None
+        self._on_startup(msg.params)
+        if rest and self._reader is not None:
+            self._login_data(rest)
+        return True
+
+    def _on_startup(self, params: dict[str, str]) -> None:
+        lst = self.listener
+        cfg = lst.config
+        if lst.draining:
+            raise ShuttingDown("poolproxy is shutting down", hint="retry on another instance")
+        if params.get("replication"):
+            raise FeatureNotSupported("replication connections are not supported by poolproxy")
+        user = params.get("user", "")
+        if not user:
+            raise ProtocolViolation("no user name given in the startup packet")
+        self.user = user
+        self.database = params.get("database") or user
+        if len(lst.clients) > cfg.settings.max_client_conn:
+            lst.count_result("limit")
+            raise TooManyConnections(
+                f"no more connections allowed (max_client_conn={cfg.settings.max_client_conn})",
+                hint="raise max_client_conn or use fewer client connections")
+        if cfg.database(self.database) is None:
+            raise UnknownDatabase(
+                f'database "{self.database}" is not configured in poolproxy',
+                hint=f"add it under listeners[{cfg.name}].databases, or configure \"*\"")
+        for key, value in params.items():
+            if key in ("user", "database"):
+                continue
+            if key == "options":
+                self._parse_options(value)
+                continue
+            if key in _IGNORED_STARTUP:
+                continue
+            name = canonical_param(key)
+            if name is None:
+                raise FeatureNotSupported(
+                    f"unsupported startup parameter: {key}",
+                    hint="transaction pooling can only carry reported parameters "
+                         f"({', '.join(SYNC_PARAMS)}); set others with SET LOCAL inside transactions")
+            self._startup_params[name] = value
+        ucfg = cfg.user(user)
+        self._password = ucfg.password if ucfg else None
+        auth = cfg.auth_type
+        self._reader = codec.MessageReader(max_message=1 << 16)
+        if auth == "trust":
+            self._auth_ok()
+        elif auth == "md5":
+            self._md5_salt = os.urandom(4)
+            self._auth_step = "md5"
+            self.transport.write(codec.auth_request(codec.AUTH_MD5, self._md5_salt))  # type: ignore[union-attr]
+        else:
+            verifier = lst.scram_verifier(user, self._password)
+            self._scram = scram.ScramServer(verifier)
+            self._auth_step = "sasl-first"
+            self.transport.write(codec.auth_sasl([scram.MECHANISM]))  # type: ignore[union-attr]
+
+    def _parse_options(self, options: str) -> None:
+        tokens = options.split()
+        i = 0
+        while i < len(tokens):
+            tok = tokens[i]
+            if tok == "-c" and i + 1 < len(tokens):
+                tok = tokens[i + 1]
+                i += 1
+            elif tok.startswith("-c"):
+                tok = tok[2:]
+            elif tok.startswith("--"):
+                tok = tok[2:]
+            i += 1
+            key, sep, value = tok.partition("=")
+            name = canonical_param(key.replace("-", "_"))
+            if not sep or name is None:
+                raise FeatureNotSupported(
+                    f"unsupported startup option: {tok}",
+                    hint="only reported parameters can be set at startup through poolproxy")
+            self._startup_params[name] = value
+
+    def _on_auth_message(self, body: bytes) -> None:
+        step = self._auth_step
+        fail = AuthFailed(f'password authentication failed for user "{self.user}"')
+        if step == "md5":
+            response = body.rstrip(b"\x00")
+            if not self._password or not md5auth.verify_md5(response, self.user, self._password,
+                                                            self._md5_salt):
+                raise fail
+            self._auth_ok()
+        elif step == "sasl-first":
+            mech, data = codec.parse_sasl_initial(body)
+            if mech != scram.MECHANISM:
+                raise ProtocolViolation(f"unsupported SASL mechanism {mech!r}")
+            assert self._scram is not None
+            try:
+                reply = self._scram.handle_client_first(data)
+            except scram.ScramError as exc:
+                raise ProtocolViolation(f"malformed SCRAM message: {exc}") from None
+            self._auth_step = "sasl-final"
+            self.transport.write(codec.auth_request(codec.AUTH_SASL_CONTINUE, reply))  # type: ignore[union-attr]
+        elif step == "sasl-final":
+            assert self._scram is not None
+            try:
+                reply = self._scram.handle_client_final(body)
+            except scram.ScramError:
+                raise fail from None
+            if self._password is None:  # unknown user: mock verifier cannot succeed, but be sure
+                raise fail
+            self.transport.write(codec.auth_request(codec.AUTH_SASL_FINAL, reply))  # type: ignore[union-attr]
+            self._auth_ok()
+        else:
+            raise ProtocolViolation("unexpected password message")
+
+    def _auth_ok(self) -> None:
+        self._auth_step = None
+        self.transport.write(codec.auth_request(codec.AUTH_OK))  # type: ignore[union-attr]
+        self.pool = pool = self.listener.get_pool(self.database, self.user)
+        self.session_mode = pool.settings.pool_mode == "session"
+        self.statement_mode = pool.settings.pool_mode == "statement"
+        if pool.server_params is not None:
+            self._finish_login()
+        else:
+            self.listener.spawn(self._fetch_server_params(pool))
+
+    async def _fetch_server_params(self, pool: Pool) -> None:
+        waiter = _ParamsWaiter(self.loop)
+        server = pool.checkout(waiter)
+        try:
+            if server is None:
+                server = await asyncio.wait_for(waiter.future,
+                                                pool.settings.query_wait_timeout or None)
+        except ProxyError as exc:
+            self.listener.count_result("auth_failed" if exc.sqlstate.startswith("28")
+                                       else "protocol_error")
+            self.fail(exc)
+            return
+        except TimeoutError:
+            pool.cancel_wait(waiter)
+            self.fail(ServerConnectionLost("timed out waiting for a server connection at login"))
+            return
+        if pool.server_params is None:
+            pool.server_params = dict(server.params)
+        pool.checkin(server)
+        if self.transport is not None and not self.transport.is_closing():
+            self._finish_login()
+
+    def _finish_login(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        assert self.pool is not None and self.transport is not None
+        params = dict(self.pool.server_params or {})
+        params.update(self._startup_params)
+        self.params = params
+        out = [codec.parameter_status(k, v) for k, v in params.items()]
+        self.key = self.listener.register_cancel_key(self)
+        out.append(codec.backend_key_data(*self.key))
+        out.append(codec.ready_for_query(b"I"))
+        self.transport.write(b"".join(out))
+        self.state = ClientState.IDLE
+        self.pool.clients += 1
+        self.listener.count_result("accepted")
+        log.debug("%r: logged in", self)
+        rest = self._reader.take_rest() if self._reader else b""
+        self._reader = None
+        self._scram = None
+        if rest:
+            self._client_data(rest)
+
+    # ------------------------------------------------------------------ hot path
+    def _client_data(self, data: bytes) -> None:
+        try:
+            events = self.scanner.feed(data)
+        except codec.ProtocolError as exc:
+            log.info("%r: protocol violation: %s", self, exc)
+            self.fail(ProtocolViolation(f"invalid message from client: {exc}"))
+            return
+        if events is not None:
+            data = self._inspect(data, events)
+            if not data:
+                return
+        self.unsynced = self.scanner.last not in _SYNC_POINTS
+        server = self.server
+        if server is None:
+            if self.state is ClientState.WAITING:
+                self._buffer.append(data)
+                return
+            pool = self.pool
+            assert pool is not None
+            server = pool.checkout(self)
+            if server is None:
+                self.state = ClientState.WAITING
+                self._buffer.append(data)
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                return
+            self._link(server)
+        self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
+        server.transport.write(data)  # type: ignore[union-attr]
+
+    def _inspect(self, data: bytes, events: list[tuple[int, bytes, int]]) -> bytes:
+        """Count what the client owes answers for and look for unreported session state."""
+        for t, body, end in events:
+            if t == MSG_QUERY:
+                self.pending += 1
+                self.syncs_since_exec = 0
+                if self.pinned is None:
+                    reason = classify(codec.parse_query(body), self._tracked)
+                    if reason:
+                        self._pin(reason)
+            elif t == MSG_SYNC:
+                if not self.copy_mode:
+                    self.pending += 1
+                    self.syncs_since_exec += 1
+            elif t == MSG_PARSE:
+                if self.pinned is None:
+                    name, sql = codec.parse_parse(body)
+                    reason = PinReason.PREPARED_STATEMENT if name else classify(sql, self._tracked)
+                    if reason:
+                        self._pin(reason)
+            elif t == MSG_EXECUTE:
+                self.syncs_since_exec = 0
+            elif t == MSG_COPY_DONE or t == MSG_COPY_FAIL:
+                self.copy_mode = False
+            elif t == _MSG_FUNCTION_CALL:
+                self.pending += 1
+            elif t == MSG_TERMINATE:
+                # Never forward Terminate: the server connection outlives this client.
+                self.transport.close()  # type: ignore[union-attr]
+                return data[:end - 5]
+        return data
+
+    def enter_copy_in(self) -> None:
+        """The server entered COPY FROM STDIN: it now ignores Sync until CopyDone/CopyFail, and
+        also ignored the Syncs the client already sent after the Execute that started COPY."""
+        self.copy_mode = True
+        self.pending -= self.syncs_since_exec
+        self.syncs_since_exec = 0
+
+    def _pin(self, reason: str) -> None:
+        self.pinned = reason
+        self.listener.count_pin(reason)
+        log.debug("%r: pinned to its server (%s)", self, reason)
+
+    def _link(self, server: ServerConnection) -> None:
+        self.server = server
+        server.client = self
+        self.state = ClientState.ACTIVE
+        self.xact_started = self.pool.clock()  # type: ignore[union-attr]
+        sp = server.params
+        cp = self.params
+        diff = None
+        for name in SYNC_PARAMS:
+            value = cp.get(name)
+            if value is not None and sp.get(name) != value:
+                if diff is None:
+                    diff = {}
+                diff[name] = value
+        if diff:
+            server.swallow += 1
+            server.transport.write(codec.query(sync_sql(diff)))  # type: ignore[union-attr]
+            sp.update(diff)
+
+    # Waiter protocol (called by the pool)
+    def on_server(self, server: ServerConnection) -> None:
+        if self.state is not ClientState.WAITING:
+            raise RuntimeError("client is no longer waiting")
+        self._link(server)
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
+        server.transport.write(data)  # type: ignore[union-attr]
+        self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def on_pool_error(self, exc: ProxyError) -> None:
+        self._buffer.clear()
+        self.state = ClientState.IDLE
+        log.info("%r: no server connection: %s", self, exc.message)
+        self.fail(exc)
+
+    def maybe_release(self) -> None:
+        """Called on ReadyForQuery 'I' with nothing owed: give the server back if it is safe."""
+        self.pending = 0
+        if (self.pinned is not None or self.session_mode or self.unsynced or self.copy_mode
+                or self.scanner.in_message):
+            return
+        server = self.server
+        assert server is not None and self.pool is not None
+        self.server = None
+        server.client = None
+        self.state = ClientState.IDLE
+        stats = self.pool.stats
+        stats.transactions += 1
+        stats.xact_time_total += self.pool.clock() - self.xact_started
+        if server.cancels_in_flight:
+            # A cancel for this client's query may still reach the server: never let it hit
+            # the next client's query. The server goes back when the cancel is done.
+            server.release_when_cancelled = True
+            return
+        self.pool.checkin(server)
+
+    def check_statement_mode(self, status: int) -> None:
+        if self.statement_mode and status != _I:
+            self.fail(FeatureNotSupported(
+                "transaction blocks are not allowed in statement pooling mode",
+                hint="use pool_mode: transaction for this database"))
+
+    def server_lost(self, server: ServerConnection) -> None:
+        """Our server died under us (linked): tell the client clearly and close."""
+        self.server = None
+        self.fail(ServerConnectionLost(
+            "server connection lost: the database closed the connection",
+            hint="the transaction was lost; reconnect and retry"))
+
+    # ------------------------------------------------------------------ teardown
+    def _disconnect(self) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        was = self.state
+        self.state = ClientState.CLOSED
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        self.listener.client_disconnected(self)
+        pool = self.pool
+        if pool is None:
+            return
+        if was is ClientState.WAITING:
+            pool.cancel_wait(self)
+        if was is not ClientState.LOGIN:
+            pool.clients -= 1
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        server.client = None
+        if server.state is ServerState.CLOSED:
+            pool.discard(server, CloseReason.SERVER_ERROR)
+        elif self.scanner.in_message or self.pending > 0 or self.copy_mode or server.swallow:
+            # The server is mid-request for a client that is gone: its state is unknown.
+            pool.discard(server, CloseReason.CLIENT_ABORT)
+        elif server.tx_status != _I or self.pinned is not None or self.session_mode:
+            self.listener.spawn(reset_server(pool, server, rollback=server.tx_status != _I,
+                                             discard=self.pinned is not None or self.session_mode))
+        else:
+            pool.checkin(server)
+
+
+async def reset_server(pool: Pool, server: ServerConnection, *, rollback: bool, discard: bool) -> None:
+    """Make a server left behind by a client clean (ROLLBACK, DISCARD ALL) and return it."""
+    try:
+        if rollback:
+            errors = await server.run_internal("ROLLBACK")
+            if errors:
+                raise ServerConnectionLost(f"ROLLBACK failed: {errors[0].get('M')}")
+        if discard:
+            errors = await server.run_internal("DISCARD ALL")
+            if errors:
+                raise ServerConnectionLost(f"DISCARD ALL failed: {errors[0].get('M')}")
+        if server.tx_status != _I:
+            raise ServerConnectionLost("server still in a transaction after reset")
+    except ProxyError as exc:
+        log.info("%r: reset failed (%s); closing it", server, exc.message)
+        pool.discard(server, CloseReason.SERVER_ERROR)
+        return
+    pool.checkin(server)
+
+
+def new_cancel_key() -> tuple[int, int]:
+    return secrets.randbits(31), secrets.randbits(32)

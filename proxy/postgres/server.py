@@ -1,0 +1,344 @@
+"""A PostgreSQL server connection: login, internal queries (reset, parameter sync), forwarding.
+
+While linked to a client, `data_received` is the server->client hot path: it walks message
+headers, forwards each chunk with one write, and looks only at ReadyForQuery, ParameterStatus
+and CopyInResponse. Unlinked, the connection runs internal queries (ROLLBACK, DISCARD ALL,
+health checks) or sits idle, where any byte from the server means it is going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..auth import md5 as md5auth
+from ..auth import scram
+from ..errors import ProxyError, ServerConnectionLost, ServerLoginError, ServerUnavailable
+from ..pool import CloseReason, Pool, ServerState
+from . import codec
+from .codec import (
+    MSG_AUTH,
+    MSG_BACKEND_KEY,
+    MSG_COPY_BOTH,
+    MSG_COPY_IN,
+    MSG_ERROR,
+    MSG_PARAMETER_STATUS,
+    MSG_READY_FOR_QUERY,
+)
+
+if TYPE_CHECKING:
+    from .client import ClientConnection
+
+log = logging.getLogger("poolproxy.postgres.server")
+
+_I = 0x49  # ReadyForQuery status 'I': idle, no transaction
+
+
+class ServerConnection(asyncio.Protocol):
+    """One connection from poolproxy to a PostgreSQL server."""
+
+    def __init__(self, pool: Pool, user: str, password: str | None, dbname: str,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.user = user
+        self.password = password
+        self.dbname = dbname
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.state = ServerState.LOGIN
+        self.client: ClientConnection | None = None
+        self.params: dict[str, str] = {}
+        self.key = (0, 0)
+        self.tx_status = _I
+        now = pool.clock()
+        self.created_at = now
+        self.last_used = now
+        self.expires_at = pool.lifetime_deadline(now)
+        self.swallow = 0  # ReadyForQuery messages of our own queries still to drop
+        self.cancels_in_flight = 0
+        self.release_when_cancelled = False
+        self.close_reason: CloseReason | None = None
+        self.scanner = codec.MessageScanner(
+            (MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_COPY_IN, MSG_COPY_BOTH, MSG_ERROR),
+            keep_body=(MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_ERROR))
+        # Login and internal queries read whole messages through this.
+        self._reader: codec.MessageReader | None = codec.MessageReader()
+        self._inbox: deque[tuple[int, bytes]] = deque()
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._lost: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<pg server {self.pool.database}/{self.user} pid={self.key[0]} {self.state.value}>"
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            self._unlinked_data(data)
+            return
+        try:
+            events = self.scanner.feed(data)
+        except codec.ProtocolError as exc:
+            log.error("%r: server sent invalid data: %s", self, exc)
+            self.close(CloseReason.SERVER_ERROR)
+            return
+        stats = self.pool.stats
+        if events is None:
+            if self.swallow:
+                return
+            stats.bytes_out += len(data)
+            client.transport.write(data)  # type: ignore[union-attr]
+            return
+        if self.swallow:
+            data, events = self._swallow(data, events)
+            if not data:
+                return
+        stats.bytes_out += len(data)
+        release = False
+        for t, body, _end in events:
+            if t == MSG_READY_FOR_QUERY:
+                status = body[0]
+                self.tx_status = status
+                client.pending -= 1
+                stats.queries += 1
+                if client.pending <= 0:
+                    if status == _I:
+                        release = True
+                    elif client.statement_mode:
+                        client.check_statement_mode(status)
+            elif t == MSG_PARAMETER_STATUS:
+                name, value = codec.parse_parameter_status(body)
+                self.params[name] = value
+                client.params[name] = value
+            elif t == MSG_COPY_IN or t == MSG_COPY_BOTH:
+                client.enter_copy_in()
+        client.transport.write(data)  # type: ignore[union-attr]
+        if release:
+            client.maybe_release()
+
+    def _swallow(self, data: bytes, events: list[tuple[int, bytes, int]]
+                 ) -> tuple[bytes, list[tuple[int, bytes, int]]]:
+        """Drop the replies to our own queries (parameter sync) at the head of the stream."""
+        cut = -1
+        rest: list[tuple[int, bytes, int]] = []
+        for i, (t, body, end) in enumerate(events):
+            if t == MSG_PARAMETER_STATUS:
+                name, value = codec.parse_parameter_status(body)
+                self.params[name] = value
+                if self.client is not None:
+                    self.client.params[name] = value
+            elif t == MSG_ERROR:
+                fields = codec.parse_error_fields(body)
+                log.warning("%r: parameter sync failed: %s", self, fields.get("M"))
+            elif t == MSG_READY_FOR_QUERY:
+                self.swallow -= 1
+                if not self.swallow:
+                    cut = end
+                    rest = [(t2, b2, e2 - cut) for t2, b2, e2 in events[i + 1:]]
+                    break
+        if cut < 0:
+            return b"", []
+        return data[cut:], rest
+
+    def _unlinked_data(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is None:
+            # Idle in the pool: the server has nothing to say unless it is going away
+            # (FATAL on idle_session_timeout, pg_terminate_backend, shutdown).
+            log.info("%r: unsolicited data from idle server; closing it", self)
+            self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
+            return
+        try:
+            msgs = reader.feed(data)
+        except codec.ProtocolError as exc:
+            self._lost = exc
+            self.close(CloseReason.SERVER_ERROR)
+            return
+        if msgs:
+            self._inbox.extend(msgs)
+            waiter = self._inbox_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or ConnectionResetError("server closed the connection")
+        was = self.state
+        self.state = ServerState.CLOSED
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        client = self.client
+        if client is not None:
+            self.client = None
+            client.server_lost(self)
+            self.pool.discard(self, CloseReason.SERVER_ERROR)
+        elif was is ServerState.IDLE:
+            self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
+
+    # ------------------------------------------------------------------ control
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def close(self, reason: CloseReason) -> None:
+        if self.state is ServerState.CLOSED:
+            return
+        log.debug("%r: closing (%s)", self, reason.value)
+        self.close_reason = reason
+        self.state = ServerState.CLOSED
+        if self.transport is not None:
+            try:
+                self.transport.write(codec.TERMINATE)
+            except Exception:
+                pass
+            self.transport.close()
+
+    # ------------------------------------------------------------------ message reading
+    async def _next(self, timeout: float | None = None) -> tuple[int, bytes]:
+        while not self._inbox:
+            if self._lost is not None or self.state is ServerState.CLOSED:
+                raise ServerConnectionLost(f"server connection lost: {self._lost}")
+            self._inbox_waiter = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self._inbox_waiter, timeout)
+            finally:
+                self._inbox_waiter = None
+        return self._inbox.popleft()
+
+    # ------------------------------------------------------------------ login
+    async def login(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._login(), timeout)
+        except TimeoutError:
+            self.close(CloseReason.SERVER_ERROR)
+            raise ServerUnavailable(
+                f"server login timed out after {timeout:g}s (server_connect_timeout)") from None
+        except ProxyError:
+            self.close(CloseReason.SERVER_ERROR)
+            raise
+
+    async def _login(self) -> None:
+        self.write(codec.startup_message({"user": self.user, "database": self.dbname}))
+        scram_client: scram.ScramClient | None = None
+        while True:
+            t, body = await self._next()
+            if t == MSG_AUTH:
+                code, data = codec.parse_auth(body)
+                if code == codec.AUTH_OK:
+                    continue
+                if code == codec.AUTH_SASL:
+                    mechs = codec.parse_sasl_mechanisms(data)
+                    if scram.MECHANISM not in mechs:
+                        raise ServerLoginError(f"server offers unsupported SASL mechanisms {mechs}")
+                    scram_client = scram.ScramClient(self._need_password())
+                    self.write(codec.sasl_initial_response(scram.MECHANISM,
+                                                           scram_client.client_first()))
+                elif code == codec.AUTH_SASL_CONTINUE and scram_client is not None:
+                    try:
+                        self.write(codec.sasl_response(scram_client.handle_server_first(data)))
+                    except scram.ScramError as exc:
+                        raise ServerLoginError(f"SCRAM login to server failed: {exc}") from None
+                elif code == codec.AUTH_SASL_FINAL and scram_client is not None:
+                    try:
+                        scram_client.verify_server_final(data)
+                    except scram.ScramError as exc:
+                        raise ServerLoginError(f"server SCRAM signature invalid: {exc}") from None
+                elif code == codec.AUTH_MD5:
+                    self.write(codec.password_message(
+                        md5auth.md5_response(self.user, self._need_password(), data[:4]) + b"\x00"))
+                elif code == codec.AUTH_CLEARTEXT:
+                    self.write(codec.password_message(self._need_password().encode() + b"\x00"))
+                else:
+                    raise ServerLoginError(f"server requested unsupported authentication {code}")
+            elif t == MSG_PARAMETER_STATUS:
+                name, value = codec.parse_parameter_status(body)
+                self.params[name] = value
+            elif t == MSG_BACKEND_KEY:
+                self.key = codec.parse_backend_key(body)
+            elif t == MSG_ERROR:
+                fields = codec.parse_error_fields(body)
+                raise ServerLoginError(
+                    f"server login failed: {fields.get('M', 'unknown error')}",
+                    sqlstate=fields.get("C", "08006"), detail=fields.get("D"),
+                    hint="check the user's password and the database name in the poolproxy config")
+            elif t == MSG_READY_FOR_QUERY:
+                self.tx_status = body[0]
+                self._reader = None
+                self.state = ServerState.ACTIVE
+                return
+            # NoticeResponse and anything else during login: ignore.
+
+    def _need_password(self) -> str:
+        if not self.password:
+            raise ServerLoginError(
+                f"server asks a password for user {self.user!r} but none is configured",
+                sqlstate="28P01", hint="set the user's password in the poolproxy config")
+        return self.password
+
+    # ------------------------------------------------------------------ internal queries
+    async def run_internal(self, sql: str, timeout: float = 10.0) -> list[dict[str, str]]:
+        """Run a simple query of our own while unlinked; return the errors it raised.
+
+        The connection must be unlinked and quiet. A lost connection raises."""
+        assert self.client is None
+        self._reader = codec.MessageReader()
+        self._inbox.clear()
+        errors: list[dict[str, str]] = []
+        try:
+            self.write(codec.query(sql))
+            while True:
+                t, body = await self._next(timeout)
+                if t == MSG_ERROR:
+                    errors.append(codec.parse_error_fields(body))
+                elif t == MSG_PARAMETER_STATUS:
+                    name, value = codec.parse_parameter_status(body)
+                    self.params[name] = value
+                elif t == MSG_READY_FOR_QUERY:
+                    self.tx_status = body[0]
+                    return errors
+        except TimeoutError:
+            raise ServerConnectionLost(f"server did not answer {sql!r} within {timeout:g}s") from None
+        finally:
+            self._reader = None
+            self._inbox.clear()
+
+
+async def open_server(pool: Pool, host: str, port: int, user: str, password: str | None,
+                      dbname: str, connect_timeout: float) -> ServerConnection:
+    """Connect and log in; raise ServerUnavailable / ServerLoginError on failure."""
+    loop = asyncio.get_running_loop()
+    server = ServerConnection(pool, user, password, dbname, loop)
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: server, host, port), connect_timeout)
+    except (TimeoutError, OSError) as exc:
+        raise ServerUnavailable(
+            f"cannot connect to server {host}:{port}: {exc or 'timeout'}",
+            hint="is the database running and reachable from poolproxy?") from None
+    await server.login(connect_timeout)
+    log.debug("%r: opened", server)
+    return server
+
+
+async def send_cancel(host: str, port: int, key: tuple[int, int], timeout: float = 5.0) -> None:
+    """Deliver a CancelRequest to the server on a new connection; wait for the server to close it."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    class _Cancel(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            transport.write(codec.cancel_request(*key))
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not done.done():
+                done.set_result(None)
+
+    transport, _ = await asyncio.wait_for(
+        loop.create_connection(_Cancel, host, port), timeout)
+    try:
+        await asyncio.wait_for(done, timeout)
+    finally:
+        transport.close()
