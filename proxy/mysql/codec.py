@@ -1479,7 +1479,7 @@ class ResponseTracker:
         if st is _ROWS:
             if first == EOF_HEADER:
                 if self._deprecate_eof:
-                    if True:
+                    if length < MAX_PAYLOAD:
                         self._ok(head)
                         self._end_result()
                 elif length < 9:
