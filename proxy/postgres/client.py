@@ -332,6 +332,7 @@ class ClientConnection(asyncio.Protocol):
             pool.cancel_wait(waiter)
             self.fail(ServerConnectionLost("timed out waiting for a server connection at login"))
             return
+        assert server is not None
         if pool.server_params is None:
             pool.server_params = dict(server.params)
         pool.checkin(server)
