@@ -1,0 +1,20 @@
+"""Test harness: throwaway PostgreSQL / MariaDB servers and the proxy as a subprocess.
+
+Import from here (``from tests.harness import PgServer, make_config, pg_listener``); the
+fixtures that use these live in ``tests/conftest.py``.
+"""
+
+from .mariadb import MariaDbServer
+from .pgserver import PgServer
+from .ports import free_port
+from .proxyproc import ProxyProcess, make_config, mysql_listener, pg_listener
+
+__all__ = [
+    "MariaDbServer",
+    "PgServer",
+    "ProxyProcess",
+    "free_port",
+    "make_config",
+    "mysql_listener",
+    "pg_listener",
+]
