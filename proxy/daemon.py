@@ -31,6 +31,18 @@ async def _pg_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
                              pool.settings.server_connect_timeout)
 
 
+async def _mysql_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
+                        password: str | None) -> Any:
+    from .mysql.server import open_server
+    srv = rt.config.server
+    caps, charset = pool.variant
+    server = await open_server(pool, srv.host, srv.port, user, password, dbname or None, caps,
+                               charset, pool.settings.server_connect_timeout)
+    if rt.greeting is None:
+        rt.greeting = server.handshake
+    return server
+
+
 class Daemon:
     def __init__(self, config: Config, clock: Any = time.monotonic) -> None:
         self.config = config
@@ -58,10 +70,11 @@ class Daemon:
 
     def _make_listener(self, lcfg: ListenerConfig,
                        loop: asyncio.AbstractEventLoop) -> ListenerRuntime | None:
-        if lcfg.protocol != "postgres":
-            log.error("listener %s: protocol %s is not available yet; skipped", lcfg.name,
-                      lcfg.protocol)
-            return None
+        if lcfg.protocol == "mysql":
+            from .mysql.client import ClientConnection as MyClient
+            mrt = ListenerRuntime(lcfg, _mysql_opener, loop, self.clock)
+            mrt.protocol_factory = lambda: MyClient(mrt)  # type: ignore[attr-defined]
+            return mrt
         from .postgres.client import ClientConnection
         rt = ListenerRuntime(lcfg, _pg_opener, loop, self.clock)
         rt.protocol_factory = lambda: ClientConnection(rt)  # type: ignore[attr-defined]
@@ -69,6 +82,11 @@ class Daemon:
 
     async def bind(self) -> None:
         loop = asyncio.get_running_loop()
+        from .mysql.server import fetch_greeting
+        for rt in self.listeners:
+            if rt.config.protocol == "mysql":
+                # Show clients the real server version and capabilities from the start.
+                rt.greeting = await fetch_greeting(rt.config.server.host, rt.config.server.port)
         for rt in self.listeners:
             lcfg = rt.config
             host = lcfg.listen_host or None

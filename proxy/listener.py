@@ -30,7 +30,10 @@ class ListenerRuntime:
         self.opener = opener
         self.loop = loop
         self.clock = clock
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self.pools: dict[tuple[Any, ...], Pool] = {}
+        #: MySQL: the server's greeting (version, capabilities) shown to clients.
+        self.greeting: Any = None
+        self._next_conn_id = 0
         self.clients: set[Any] = set()
         self.cancel_keys: dict[int, Any] = {}
         self.draining = False
@@ -45,8 +48,10 @@ class ListenerRuntime:
         return self.config.name
 
     # ------------------------------------------------------------------ pools
-    def get_pool(self, database: str, user: str) -> Pool:
-        key = (database, user)
+    def get_pool(self, database: str, user: str, variant: Any = None) -> Pool:
+        """The pool of (database, user); `variant` splits it further (MySQL: the client
+        capabilities and character set that change the wire format or semantics)."""
+        key = (database, user) if variant is None else (database, user, variant)
         pool = self.pools.get(key)
         if pool is None or pool.closed:
             cfg = self.config
@@ -60,6 +65,7 @@ class ListenerRuntime:
                 return self.opener(self, p, server_db, user, password)
 
             pool = Pool(cfg.name, database, user, settings, connect, self.clock)
+            pool.variant = variant
             self.pools[key] = pool
         return pool
 
@@ -72,6 +78,10 @@ class ListenerRuntime:
         key = getattr(client, "key", None)
         if key and self.cancel_keys.get(key[0]) is client:
             del self.cancel_keys[key[0]]
+
+    def next_connection_id(self) -> int:
+        self._next_conn_id = (self._next_conn_id + 1) & 0x7FFFFFFF or 1
+        return self._next_conn_id
 
     def register_cancel_key(self, client: Any) -> tuple[int, int]:
         while True:

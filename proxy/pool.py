@@ -117,6 +117,8 @@ class Pool:
         self.last_login_error_at = 0.0
         self.paused = False
         self.closed = False
+        #: Protocol-specific split of the pool (MySQL: capability flags, charset); None for PG.
+        self.variant: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ accounting

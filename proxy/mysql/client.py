@@ -1,0 +1,515 @@
+"""A MySQL client session: handshake, authentication, commands, and release at response end.
+
+`response_done` is the one place that decides release for MySQL: the final OK/EOF/ERR of a
+response with SERVER_STATUS_IN_TRANS clear, autocommit on, and no pin reason. Session variables
+and the schema are tracked from the client's statements and replayed on the next server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..auth import caching_sha2, mysql_native
+from ..errors import (
+    AuthFailed,
+    FeatureNotSupported,
+    ProtocolViolation,
+    ProxyError,
+    ServerConnectionLost,
+    ShuttingDown,
+    TooManyConnections,
+    UnknownDatabase,
+)
+from ..pool import ClientState, CloseReason, Pool, ServerState
+from . import codec
+from .server import BASE_CAPS
+from .session import Analysis, PinReason, analyse, replay_sql
+
+if TYPE_CHECKING:
+    from ..listener import ListenerRuntime
+    from .server import ServerConnection
+
+log = logging.getLogger("poolproxy.mysql.client")
+
+#: Client capabilities that change the wire format or semantics: pools are split by them so a
+#: server connection always speaks exactly what its current client negotiated.
+SEMANTIC_CAPS = (codec.CLIENT_FOUND_ROWS | codec.CLIENT_MULTI_STATEMENTS | codec.CLIENT_MULTI_RESULTS
+                 | codec.CLIENT_PS_MULTI_RESULTS | codec.CLIENT_DEPRECATE_EOF
+                 | codec.CLIENT_SESSION_TRACK | codec.CLIENT_LOCAL_FILES)
+OFFERED_CAPS = BASE_CAPS | SEMANTIC_CAPS | codec.CLIENT_CONNECT_WITH_DB
+#: Larger client packets are refused (MySQL's own default max_allowed_packet is 16-64 MiB).
+MAX_CLIENT_PACKET = 64 << 20
+DEFAULT_VERSION = "5.5.5-10.11.0-MariaDB-poolproxy"
+
+_IN_TRANS = codec.SERVER_STATUS_IN_TRANS
+_AUTOCOMMIT = codec.SERVER_STATUS_AUTOCOMMIT
+_UNSUPPORTED = frozenset((codec.COM_CHANGE_USER, codec.COM_BINLOG_DUMP, codec.COM_BINLOG_DUMP_GTID,
+                          codec.COM_REGISTER_SLAVE, codec.COM_TABLE_DUMP, codec.COM_SHUTDOWN,
+                          codec.COM_MULTI, codec.COM_CONNECT_OUT, codec.COM_DAEMON))
+
+
+def _nonce() -> bytes:
+    # Printable, NUL-free bytes, as servers generate them (some clients treat NUL as the end).
+    return bytes(33 + b % 94 for b in os.urandom(codec.SCRAMBLE_LENGTH))
+
+
+class _ServerWaiter:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.wait_started = 0.0
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def on_server(self, server: Any) -> None:
+        if self.future.done():
+            raise RuntimeError("waiter gone")
+        self.future.set_result(server)
+
+    def on_pool_error(self, exc: ProxyError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One application connection to a MySQL listener."""
+
+    def __init__(self, listener: ListenerRuntime) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.state = ClientState.LOGIN
+        self.peer = "?"
+        self.user = ""
+        self.database: str | None = None
+        self.caps = 0
+        self.charset = codec.UTF8MB4_GENERAL_CI
+        self.pool: Pool | None = None
+        self.server: ServerConnection | None = None
+        self.pinned: str | None = None
+        self.session_mode = False
+        self.vars: dict[str, str] = {}
+        self.schema: str | None = None
+        self.key = (0, 0)  # PostgreSQL cancel key slot; unused for MySQL
+        self.pending = 0
+        self.wait_started = 0.0
+        self.xact_started = 0.0
+        self.infile = False
+        self._buffer: list[tuple[int, bytes]] = []
+        self._analysis: Analysis | None = None
+        self._init_db: str | None = None
+        self._resetting = False
+        self._reader = codec.PacketReader(max_packet=MAX_CLIENT_PACKET)
+        self._nonce = _nonce()
+        self._login_step = "response"
+        self._auth_seq = 0
+        self._login_timer: asyncio.TimerHandle | None = None
+        self.conn_id = listener.next_connection_id()
+
+    def __repr__(self) -> str:
+        return f"<mysql client {self.user}@{self.database} {self.peer}>"
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        lst = self.listener
+        lst.client_connected(self)
+        greeting = lst.greeting
+        version = greeting.server_version if greeting else DEFAULT_VERSION
+        offered = OFFERED_CAPS & (greeting.capabilities if greeting else 0xFFFFFFFF)
+        offered |= codec.CLIENT_PROTOCOL_41 | codec.CLIENT_SECURE_CONNECTION | codec.CLIENT_PLUGIN_AUTH
+        self.transport.write(codec.encode_packet(0, codec.build_handshake(  # type: ignore[union-attr]
+            version, self.conn_id, self._nonce, offered, charset=codec.UTF8MB4_GENERAL_CI,
+            auth_plugin_name=lst.config.auth_type)))
+        self._offered = offered
+        timeout = lst.config.settings.client_login_timeout
+        if timeout > 0:
+            self._login_timer = self.loop.call_later(timeout, self._login_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disconnect()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        clean = not reader.pending
+        try:
+            packets = reader.feed(data)
+        except codec.ProtocolError as exc:
+            self.listener.count_result("protocol_error")
+            self.fail(ProtocolViolation(
+                f"invalid packet from client: {exc}", mysql_errno=1153,
+                hint=f"packets are limited to {MAX_CLIENT_PACKET >> 20} MiB through poolproxy"), 0)
+            return
+        if not packets:
+            return
+        if self.state is ClientState.LOGIN:
+            for seq, payload in packets:
+                if self.state is not ClientState.LOGIN:
+                    break
+                self._login_packet(seq, payload)
+            return
+        if self.infile:
+            self._forward_infile(data if clean and not reader.pending else None, packets)
+            return
+        # A command is normally one packet in one chunk: forward the bytes as they came.
+        raw = data if clean and not reader.pending and len(packets) == 1 else None
+        for seq, payload in packets:
+            self._command(seq, payload, raw)
+
+    # ------------------------------------------------------------------ errors
+    def fail(self, exc: ProxyError, seq: int = 0, fatal: bool = True) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        message = exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
+        self.transport.write(codec.encode_packet(
+            seq & 0xFF, codec.build_err(exc.mysql_errno, exc.mysql_sqlstate, message)))
+        if fatal:
+            self.transport.close()
+
+    def _login_timed_out(self) -> None:
+        if self.state is ClientState.LOGIN:
+            self.listener.count_result("protocol_error")
+            self.fail(ProtocolViolation("client_login_timeout: login not completed in time",
+                                        mysql_errno=1043), self._auth_seq + 1)
+
+    # ------------------------------------------------------------------ login
+    def _login_packet(self, seq: int, payload: bytes) -> None:
+        try:
+            if self._login_step == "response":
+                self._on_handshake_response(seq, payload)
+            elif self._login_step == "switch":
+                self._auth_seq = seq
+                self._verify(payload)
+            else:
+                raise ProtocolViolation("unexpected packet during login", mysql_errno=1043)
+        except ProxyError as exc:
+            self.listener.count_result("auth_failed" if isinstance(exc, AuthFailed)
+                                       else "protocol_error")
+            log.info("%r: login refused: %s", self, exc.message)
+            self.fail(exc, self._auth_seq + 1)
+        except codec.ProtocolError as exc:
+            self.listener.count_result("protocol_error")
+            self.fail(ProtocolViolation(f"bad handshake: {exc}", mysql_errno=1043), seq + 1)
+
+    def _on_handshake_response(self, seq: int, payload: bytes) -> None:
+        self._auth_seq = seq
+        lst = self.listener
+        cfg = lst.config
+        if codec.is_ssl_request(payload):
+            raise FeatureNotSupported("TLS is not supported by this poolproxy listener",
+                                      hint="connect without SSL (ssl_mode=DISABLED)")
+        resp = codec.parse_handshake_response(payload)
+        if lst.draining:
+            raise ShuttingDown("poolproxy is shutting down")
+        self.user = resp.username
+        self.caps = resp.capabilities & self._offered
+        self.charset = resp.charset
+        self.database = resp.database or None
+        self.schema = self.database
+        if len(lst.clients) > cfg.settings.max_client_conn:
+            lst.count_result("limit")
+            raise TooManyConnections(
+                f"Too many connections (max_client_conn={cfg.settings.max_client_conn})",
+                hint="raise max_client_conn or use fewer client connections")
+        if self.database and cfg.database(self.database) is None:
+            raise UnknownDatabase(f"Unknown database '{self.database}' (not configured in poolproxy)")
+        plugin = cfg.auth_type
+        self._auth_plugin = plugin
+        if (resp.auth_plugin_name or "mysql_native_password") != plugin:
+            self._login_step = "switch"
+            self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+                seq + 1, codec.build_auth_switch_request(plugin, self._nonce)))
+            return
+        self._verify(resp.auth_response)
+
+    def _verify(self, response: bytes) -> None:
+        ucfg = self.listener.config.user(self.user)
+        password = ucfg.password if ucfg else None
+        if self._auth_plugin == "caching_sha2_password":
+            ok = password is not None and caching_sha2.verify_caching_sha2(response, password,
+                                                                          self._nonce)
+        else:
+            ok = password is not None and mysql_native.verify_native(response, password, self._nonce)
+        if not ok:
+            raise AuthFailed(f"Access denied for user '{self.user}'@'{self.peer.rsplit(':', 1)[0]}' "
+                             f"(using password: {'YES' if response else 'NO'})")
+        if self._auth_plugin == "caching_sha2_password":
+            self._auth_seq += 1
+            self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+                self._auth_seq, codec.build_auth_more_data(bytes((caching_sha2.FAST_AUTH_SUCCESS,)))))
+        self._login_step = "done"
+        variant = (self.caps & SEMANTIC_CAPS, self.charset)
+        self.pool = pool = self.listener.get_pool(self.database or "", self.user, variant)
+        self.session_mode = pool.settings.pool_mode == "session"
+        if pool.server_params is not None:
+            self._finish_login()
+        else:
+            self.listener.spawn(self._validate_pool(pool))
+
+    async def _validate_pool(self, pool: Pool) -> None:
+        """The first client of a pool: open a server now so a bad database or server password
+        is reported at login, as a direct connection would."""
+        waiter = _ServerWaiter(self.loop)
+        server = pool.checkout(waiter)
+        try:
+            if server is None:
+                server = await asyncio.wait_for(waiter.future, pool.settings.query_wait_timeout or None)
+        except ProxyError as exc:
+            self.listener.count_result("auth_failed" if exc.mysql_errno == 1045 else "protocol_error")
+            self.fail(exc, self._auth_seq + 1)
+            return
+        except TimeoutError:
+            pool.cancel_wait(waiter)
+            self.fail(ServerConnectionLost("timed out waiting for a server connection at login"),
+                      self._auth_seq + 1)
+            return
+        assert server is not None
+        if pool.server_params is None:
+            pool.server_params = dict(server.params or {})
+        pool.checkin(server)
+        if self.transport is not None and not self.transport.is_closing():
+            self._finish_login()
+
+    def _finish_login(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        self.state = ClientState.IDLE
+        assert self.pool is not None
+        self.pool.clients += 1
+        self.listener.count_result("accepted")
+        self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+            self._auth_seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
+        log.debug("%r: logged in", self)
+
+    # ------------------------------------------------------------------ commands
+    def _command(self, seq: int, payload: bytes, raw: bytes | None) -> None:
+        if not payload:
+            self.fail(ProtocolViolation("empty command packet"), seq + 1)
+            return
+        cmd = payload[0]
+        if cmd == codec.COM_QUIT:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        if cmd == codec.COM_PING and self.server is None:
+            self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+                seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
+            return
+        if cmd in _UNSUPPORTED:
+            self.fail(FeatureNotSupported(f"command 0x{cmd:02x} is not supported through poolproxy"),
+                      seq + 1, fatal=False)
+            return
+        if cmd == codec.COM_RESET_CONNECTION and self.server is None and self.pinned is None:
+            self.vars = {}
+            self.schema = self.database
+            self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+                seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
+            return
+        if cmd == codec.COM_QUERY:
+            analysis = analyse(payload[1:])
+            if analysis.pin:
+                self._pin(analysis.pin)
+            self._analysis = analysis if (analysis.sets or analysis.use) else None
+        elif cmd == codec.COM_INIT_DB:
+            self._init_db = payload[1:].decode("utf-8", "replace")
+        elif cmd == codec.COM_STMT_PREPARE:
+            self._pin(PinReason.STMT_PREPARE)
+        elif cmd == codec.COM_SET_OPTION:
+            self._pin(PinReason.SET_OPTION)
+        elif cmd == codec.COM_RESET_CONNECTION:
+            self._resetting = True
+        data = raw if raw is not None else codec.encode_packet(seq, payload)
+        server = self.server
+        if server is None:
+            if self.state is ClientState.WAITING:
+                self._buffer.append((cmd, data))
+                return
+            pool = self.pool
+            assert pool is not None
+            self._buffer.append((cmd, data))
+            server = pool.checkout(self)
+            if server is None:
+                self.state = ClientState.WAITING
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                return
+            self.state = ClientState.WAITING
+            self.on_server(server)
+            return
+        self._send(server, cmd, data)
+
+    def _send(self, server: ServerConnection, cmd: int, data: bytes) -> None:
+        server.start_command(cmd)
+        self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
+        if codec.response_mode_for_command(cmd) is codec.ResponseMode.NO_RESPONSE:
+            server.write(data)
+            return
+        self.pending = 1
+        server.write(data)
+
+    def _pin(self, reason: str) -> None:
+        if self.pinned is None:
+            self.pinned = reason
+            self.listener.count_pin(reason)
+            log.debug("%r: pinned to its server (%s)", self, reason)
+
+    def _forward_infile(self, raw: bytes | None, packets: list[tuple[int, bytes]]) -> None:
+        server = self.server
+        assert server is not None and server.tracker is not None
+        out = raw if raw is not None else b"".join(codec.encode_packet(s, p) for s, p in packets)
+        for _seq, payload in packets:
+            if server.tracker.client_infile_packet(len(payload)):
+                self.infile = False
+        server.write(out)
+
+    def infile_requested(self) -> None:
+        self.infile = True
+
+    # Waiter protocol (called by the pool)
+    def on_server(self, server: ServerConnection) -> None:
+        if self.state is not ClientState.WAITING:
+            raise RuntimeError("client is no longer waiting")
+        self.xact_started = self.pool.clock()  # type: ignore[union-attr]
+        sql = replay_sql(self.vars, server.vars, server.names_default)
+        if sql is not None or (self.schema and self.schema != server.schema):
+            self.listener.spawn(self._replay_then_send(server, sql))
+            return
+        self._link_and_send(server)
+
+    def _link_and_send(self, server: ServerConnection) -> None:
+        self.server = server
+        server.client = self
+        self.state = ClientState.ACTIVE
+        buffered, self._buffer = self._buffer, []
+        for cmd, data in buffered:
+            self._send(server, cmd, data)
+        if not self.transport.is_closing():  # type: ignore[union-attr]
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    async def _replay_then_send(self, server: ServerConnection, sql: str | None) -> None:
+        """Bring the server's session to this client's state, then send its command."""
+        try:
+            if sql is not None:
+                await server.run_sql(server.dialect_sql(sql))
+                server.vars = dict(self.vars)
+            if self.schema and self.schema != server.schema:
+                err, _ = await server.command(codec.COM_INIT_DB, self.schema)
+                if err is not None:
+                    raise ServerConnectionLost(f"cannot restore schema {self.schema!r}: {err.message}")
+                server.schema = self.schema
+        except ProxyError as exc:
+            log.warning("%r: session replay failed on %r: %s", self, server, exc.message)
+            assert self.pool is not None
+            self.pool.discard(server, CloseReason.SERVER_ERROR)
+            if self.state is ClientState.WAITING:
+                self._buffer.clear()
+                self.fail(exc, 1)
+            return
+        if self.state is not ClientState.WAITING:  # client left meanwhile
+            assert self.pool is not None
+            self.pool.checkin(server)
+            return
+        self._link_and_send(server)
+
+    def on_pool_error(self, exc: ProxyError) -> None:
+        self._buffer.clear()
+        self.state = ClientState.IDLE
+        log.info("%r: no server connection: %s", self, exc.message)
+        self.fail(exc, 1)
+
+    def response_done(self, server: ServerConnection, tracker: codec.ResponseTracker) -> None:
+        """The end of a response: apply tracked state, then release if nothing holds the server."""
+        self.pending = 0
+        stats = self.pool.stats  # type: ignore[union-attr]
+        stats.queries += 1
+        if tracker.status_flags is not None:
+            server.status = tracker.status_flags
+        ok = not tracker.failed
+        analysis = self._analysis
+        if analysis is not None:
+            self._analysis = None
+            if ok:
+                for key, text in analysis.sets:
+                    if key == "names":
+                        for v in [k for k in self.vars if k.startswith(("character_set", "collation"))]:
+                            del self.vars[v]
+                    self.vars[key] = text
+                server.vars = dict(self.vars)
+                if analysis.use:
+                    self.schema = server.schema = analysis.use
+        if self._init_db is not None:
+            if ok:
+                self.schema = server.schema = self._init_db
+            self._init_db = None
+        if self._resetting:
+            self._resetting = False
+            if ok:
+                self.vars = {}
+                self.pinned = None
+                server.vars = {"names": "NAMES DEFAULT"}
+        if self.pinned is not None or self.session_mode or self.infile or server.in_transaction():
+            return
+        self.server = None
+        server.client = None
+        self.state = ClientState.IDLE
+        stats.transactions += 1
+        stats.xact_time_total += self.pool.clock() - self.xact_started  # type: ignore[union-attr]
+        self.pool.checkin(server)  # type: ignore[union-attr]
+
+    def server_lost(self, server: ServerConnection) -> None:
+        self.server = None
+        self.fail(ServerConnectionLost(
+            "Lost connection to server during query (the database closed the connection)",
+            hint="the transaction was lost; reconnect and retry"), 1)
+
+    # ------------------------------------------------------------------ teardown
+    def _disconnect(self) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        was = self.state
+        self.state = ClientState.CLOSED
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        self.listener.client_disconnected(self)
+        pool = self.pool
+        if pool is None:
+            return
+        if was is ClientState.WAITING:
+            pool.cancel_wait(self)
+        if was is not ClientState.LOGIN:
+            pool.clients -= 1
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        server.client = None
+        if server.state is ServerState.CLOSED:
+            pool.discard(server, CloseReason.SERVER_ERROR)
+        elif self.pending or self.infile:
+            pool.discard(server, CloseReason.CLIENT_ABORT)
+        else:
+            self.listener.spawn(reset_server(pool, server, pinned=self.pinned is not None
+                                             or self.session_mode))
+
+
+async def reset_server(pool: Pool, server: ServerConnection, *, pinned: bool) -> None:
+    """Clean a server a client left behind: roll back, and reset unreplayable state."""
+    try:
+        if pinned:
+            err, _ = await server.command(codec.COM_RESET_CONNECTION)
+            if err is not None:
+                raise ServerConnectionLost(f"COM_RESET_CONNECTION failed: {err.message}")
+            server.vars = {"names": "NAMES DEFAULT"}
+        elif server.in_transaction():
+            await server.run_sql("ROLLBACK")
+            if not server.status & _AUTOCOMMIT:
+                await server.run_sql("SET autocommit=1")
+        if server.in_transaction():
+            raise ServerConnectionLost("server still in a transaction after reset")
+    except ProxyError as exc:
+        log.info("%r: reset failed (%s); closing it", server, exc.message)
+        pool.discard(server, CloseReason.SERVER_ERROR)
+        return
+    pool.checkin(server)

@@ -1,0 +1,229 @@
+"""MySQL session state tracked per client: replayable SET variables, schema, and pin reasons.
+
+Works from the SQL text the client sends (as ProxySQL does), so it covers clients with and
+without CLIENT_SESSION_TRACK. `analyse()` reports, for one COM_QUERY, the session variables it
+sets (replayed on other servers later), a USE, or a reason the client must stay pinned to its
+server because the state cannot be replayed (user variables, temporary tables, locks, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+class PinReason:
+    """Why a MySQL client is held on one server outside a transaction (metric label values)."""
+
+    USER_VARIABLE = "user_variable"
+    TEMP_TABLE = "temp_table"
+    LOCK_TABLES = "lock_tables"
+    GET_LOCK = "get_lock"
+    SQL_PREPARE = "sql_prepare"
+    STMT_PREPARE = "stmt_prepare"
+    UNRECOGNISED_SET = "unrecognised_set"
+    SESSION_FUNCTION = "session_function"
+    SET_OPTION = "set_option"
+    TRANSACTION_NEXT = "set_transaction"
+
+
+@dataclass
+class Analysis:
+    pin: str | None = None
+    #: (key, SQL assignment text) in statement order; key "names" stands for SET NAMES/CHARSET.
+    sets: list[tuple[str, str]] = field(default_factory=list)
+    use: str | None = None
+
+
+_TRIGGERS = re.compile(rb"set|@|temporary|lock|prepare|use|last_insert_id|found_rows|row_count"
+                       rb"|sql_calc_found_rows|handler")
+_COMMENT = re.compile(rb"/\*(?!!).*?\*/|--\s[^\n]*|#[^\n]*", re.S)
+_USER_VAR = re.compile(rb"(?<![@\w])@(?!@)[\w$.`'\"]")
+_LOCK_FUNCS = re.compile(rb"\b(?:get_lock|release_lock|release_all_locks)\s*\(", re.I)
+_SESSION_FUNCS = re.compile(rb"\b(?:last_insert_id|found_rows|row_count)\s*\(\s*\)|\bsql_calc_found_rows\b",
+                            re.I)
+_TEMP = re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", re.I)
+_LOCK_TABLES = re.compile(rb"^\s*lock\s+tables?\b", re.I)
+_PREPARE = re.compile(rb"^\s*(?:prepare|execute|deallocate\s+prepare)\b", re.I)
+_HANDLER = re.compile(rb"^\s*handler\b", re.I)
+_USE = re.compile(rb"^\s*use\s+(`(?:[^`]|``)+`|[\w$]+)\s*$", re.I)
+_SET = re.compile(rb"^\s*set\s+(.*)$", re.I | re.S)
+_SET_TX = re.compile(rb"^\s*(?:(session|global|local)\s+)?transaction\b(.*)$", re.I | re.S)
+_NAMES = re.compile(rb"^\s*(?:names|character\s+set|charset)\b", re.I)
+# One `[SESSION|LOCAL|@@session.|@@local.|@@]name = value` assignment; value: a literal, number,
+# identifier, DEFAULT, ON/OFF -- not an expression (those we cannot safely replay).
+_ASSIGN = re.compile(
+    rb"^\s*(?:(?:session|local)\s+|@@(?:session\.|local\.)?)?(global\s+|@@global\.|persist\s+|persist_only\s+)?"
+    rb"`?([a-z_][a-z0-9_]*)`?\s*(?::=|=)\s*"
+    rb"('(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|-?\d+(?:\.\d+)?|[a-z_][a-z0-9_]*)\s*$",
+    re.I | re.S,
+)
+#: Session variables a client may set that we do not replay because poolproxy owns them.
+_NOT_REPLAYED = frozenset(("autocommit",))
+_CHARSET_VARS = frozenset(("character_set_client", "character_set_connection",
+                           "character_set_results", "collation_connection"))
+
+
+def _split(sql: bytes) -> list[bytes]:
+    """Split on ';' outside quotes (a multi-statement COM_QUERY)."""
+    out: list[bytes] = []
+    start = 0
+    quote = 0
+    i = 0
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if quote:
+            if c == 0x5C:  # backslash escape
+                i += 1
+            elif c == quote:
+                quote = 0
+        elif c in (0x27, 0x22, 0x60):
+            quote = c
+        elif c == 0x3B:
+            out.append(sql[start:i])
+            start = i + 1
+        i += 1
+    out.append(sql[start:])
+    return [s.strip() for s in out if s.strip()]
+
+
+def _split_assignments(text: bytes) -> list[bytes]:
+    parts: list[bytes] = []
+    depth = 0
+    quote = 0
+    start = 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == 0x5C:
+                i += 1
+            elif c == quote:
+                quote = 0
+        elif c in (0x27, 0x22, 0x60):
+            quote = c
+        elif c == 0x28:
+            depth += 1
+        elif c == 0x29:
+            depth -= 1
+        elif c == 0x2C and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def analyse(sql: bytes) -> Analysis:
+    """Classify one COM_QUERY text (see the module docstring)."""
+    result = Analysis()
+    low = sql.lower()
+    if not _TRIGGERS.search(low):
+        return result
+    text = _COMMENT.sub(b" ", sql)
+    if _USER_VAR.search(text):
+        result.pin = PinReason.USER_VARIABLE
+        return result
+    if _LOCK_FUNCS.search(text):
+        result.pin = PinReason.GET_LOCK
+        return result
+    if _SESSION_FUNCS.search(text):
+        result.pin = PinReason.SESSION_FUNCTION
+        return result
+    if _TEMP.search(text):
+        result.pin = PinReason.TEMP_TABLE
+        return result
+    for stmt in _split(text):
+        if _LOCK_TABLES.match(stmt):
+            result.pin = PinReason.LOCK_TABLES
+            return result
+        if _PREPARE.match(stmt):
+            result.pin = PinReason.SQL_PREPARE
+            return result
+        if _HANDLER.match(stmt):
+            result.pin = PinReason.UNRECOGNISED_SET
+            return result
+        m = _USE.match(stmt)
+        if m:
+            name = m.group(1)
+            if name.startswith(b"`"):
+                name = name[1:-1].replace(b"``", b"`")
+            result.use = name.decode("utf-8", "replace")
+            continue
+        m = _SET.match(stmt)
+        if m:
+            reason = _analyse_set(m.group(1), result)
+            if reason:
+                result.pin = reason
+                return result
+    return result
+
+
+def _analyse_set(body: bytes, result: Analysis) -> str | None:
+    tx = _SET_TX.match(body)
+    if tx:
+        scope = (tx.group(1) or b"").lower()
+        if scope == b"global":
+            return None
+        if scope in (b"session", b"local"):
+            rest = b" ".join(tx.group(2).split()).lower()
+            iso = re.match(rb"isolation\s+level\s+(read\s+uncommitted|read\s+committed|repeatable\s+read"
+                           rb"|serializable)\s*$", rest)
+            if iso:
+                level = iso.group(1).decode().upper().replace(" ", "-")
+                result.sets.append(("transaction_isolation",
+                                    f"@@session.transaction_isolation = '{level}'"))
+                return None
+            mode = re.match(rb"(read\s+only|read\s+write)\s*$", rest)
+            if mode:
+                ro = "1" if mode.group(1).startswith(b"read only") else "0"
+                result.sets.append(("transaction_read_only",
+                                    f"@@session.transaction_read_only = {ro}"))
+                return None
+            return PinReason.UNRECOGNISED_SET
+        # SET TRANSACTION without scope applies to the next transaction only: keep the server.
+        return PinReason.TRANSACTION_NEXT
+    for part in _split_assignments(body):
+        part = part.strip()
+        if _NAMES.match(part):
+            result.sets = [(k, v) for k, v in result.sets if k not in _CHARSET_VARS]
+            result.sets.append(("names", "NAMES " + part.split(None, 1)[1].decode("utf-8", "replace")
+                                if part.lower().startswith(b"names")
+                                else part.decode("utf-8", "replace")))
+            continue
+        m = _ASSIGN.match(part)
+        if not m:
+            return PinReason.UNRECOGNISED_SET
+        if m.group(1):  # SET GLOBAL / PERSIST: not session state
+            continue
+        name = m.group(2).decode().lower()
+        if name in _NOT_REPLAYED:
+            continue
+        if name == "tx_isolation":
+            name = "transaction_isolation"
+        elif name == "tx_read_only":
+            name = "transaction_read_only"
+        value = m.group(3).decode("utf-8", "replace")
+        result.sets.append((name, f"@@session.{name} = {value}"))
+    return None
+
+
+def replay_sql(target: dict[str, str], current: dict[str, str],
+               names_default: str = "NAMES DEFAULT") -> str | None:
+    """The SET that turns a server's tracked variables `current` into a client's `target`.
+
+    `names_default` restores the character set the server connection logged in with (plain
+    NAMES DEFAULT would use the server's global default instead)."""
+    parts: list[str] = []
+    for key in current:
+        if key not in target:
+            parts.append(names_default if key == "names" else f"@@session.{key} = DEFAULT")
+    for key, text in target.items():
+        if current.get(key) != text:
+            parts.append(text)
+    if not parts:
+        return None
+    # NAMES must come first: it resets the individual character-set variables.
+    parts.sort(key=lambda p: not p.startswith("NAMES"))
+    return "SET " + ", ".join(parts)
