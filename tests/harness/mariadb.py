@@ -37,6 +37,8 @@ BASE_SETTINGS: dict[str, str] = {
     # Containers often limit io_setup(); the synchronous I/O fallback is fine for tests.
     "innodb-use-native-aio": "0",
     "innodb-buffer-pool-size": "128M",
+    # Tests move results larger than one 16 MiB protocol packet.
+    "max-allowed-packet": "256M",
 }
 
 _APP_USERS = {"app": "app-secret", "app2": "app2-secret"}
