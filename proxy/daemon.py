@@ -52,6 +52,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._signals = 0
         self._tasks: list[asyncio.Task[Any]] = []
+        self.admin: Any = None
 
     def pools(self) -> list[Pool]:
         return [p for rt in self.listeners for p in rt.pools.values()]
@@ -116,10 +117,40 @@ class Daemon:
     async def run(self) -> None:
         await self.start()
         await self.bind()
+        await self.start_admin()
         await self._stop.wait()
         await self.shutdown()
 
+    async def start_admin(self) -> None:
+        admin = self.config.admin
+        if admin.listen_host is None:
+            return
+        from prometheus_client import CollectorRegistry
+
+        from .admin import AdminServer
+        from .metrics import PoolproxyCollector
+        registry = CollectorRegistry()
+        registry.register(PoolproxyCollector(lambda: self.listeners))
+        self.admin = AdminServer(registry, self.ready, self.pools_snapshot)
+        await self.admin.start(admin.listen_host, admin.listen_port)
+
+    def ready(self) -> bool:
+        """/readyz: listeners accept and the daemon is not draining."""
+        return not self.draining and bool(self.listeners) and all(
+            rt.server is not None and rt.server.is_serving() for rt in self.listeners)
+
+    def pools_snapshot(self) -> list[dict[str, Any]]:
+        from .metrics import CLIENT_STATES, pool_client_states
+        states = pool_client_states(self.listeners)
+        out = []
+        for pool in self.pools():
+            snap = pool.snapshot()
+            snap["clients"] = states.get(id(pool), dict.fromkeys(CLIENT_STATES, 0))
+            out.append(snap)
+        return out
+
     async def shutdown(self) -> None:
+        # /readyz turns 503 first, so load balancers stop sending before listeners close.
         self.draining = True
         for rt in self.listeners:
             rt.draining = True
@@ -141,6 +172,8 @@ class Daemon:
             rt.close_all(CloseReason.SHUTDOWN)
         for task in self._tasks:
             task.cancel()
+        if self.admin is not None:
+            self.admin.close()
         await asyncio.sleep(0.05)  # let transports flush their goodbyes
         log.info("poolproxy stopped")
 

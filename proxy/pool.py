@@ -13,6 +13,7 @@ import enum
 import logging
 import random
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -76,13 +77,23 @@ class Waiter(Protocol):
 Clock = Callable[[], float]
 
 
+#: Histogram bucket upper bounds (seconds): sub-millisecond waits up to multi-second ones.
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+           1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
 class PoolStats:
-    """Plain integer counters bumped on the hot path; the metrics collector reads them."""
+    """Plain integer counters bumped on the hot path; the metrics collector reads them.
+
+    Histograms are a list of per-bucket counts (not cumulative) plus a sum, filled with one
+    bisect and one increment per observation."""
 
     __slots__ = ("transactions", "queries", "bytes_in", "bytes_out", "wait_time_total",
-                 "wait_count", "xact_time_total", "opened", "closed")
+                 "wait_count", "xact_time_total", "opened", "closed", "wait_hist", "xact_hist")
 
     def __init__(self) -> None:
+        self.wait_hist = [0] * (len(BUCKETS) + 1)
+        self.xact_hist = [0] * (len(BUCKETS) + 1)
         self.transactions = 0
         self.queries = 0
         self.bytes_in = 0  # client -> server
@@ -140,6 +151,8 @@ class Pool:
             server = self.idle.pop()
             server.state = ServerState.ACTIVE
             self.active.add(server)
+            self.stats.wait_count += 1
+            self.stats.wait_hist[0] += 1
             return server
         waiter.wait_started = self.clock()
         self.waiters.append(waiter)
@@ -172,6 +185,12 @@ class Pool:
             return
         self._hand_out(server)
 
+    def transaction_done(self, duration: float) -> None:
+        stats = self.stats
+        stats.transactions += 1
+        stats.xact_time_total += duration
+        stats.xact_hist[bisect_left(BUCKETS, duration)] += 1
+
     def discard(self, server: Any, reason: CloseReason) -> None:
         """Remove a server (active or idle) that must not be reused."""
         self.active.discard(server)
@@ -190,8 +209,11 @@ class Pool:
             waiter = self.waiters.popleft()
             server.state = ServerState.ACTIVE
             self.active.add(server)
-            self.stats.wait_time_total += self.clock() - waiter.wait_started
-            self.stats.wait_count += 1
+            waited = self.clock() - waiter.wait_started
+            stats = self.stats
+            stats.wait_time_total += waited
+            stats.wait_count += 1
+            stats.wait_hist[bisect_left(BUCKETS, waited)] += 1
             try:
                 waiter.on_server(server)
             except Exception:  # a broken waiter must not lose the server
@@ -333,5 +355,6 @@ class Pool:
             "waiters": len(self.waiters),
             "max_wait": (now - self.waiters[0].wait_started) if self.waiters else 0.0,
             "clients": self.clients,
+            "transactions": self.stats.transactions,
             "paused": self.paused,
         }

@@ -454,8 +454,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = None
         server.client = None
         self.state = ClientState.IDLE
-        stats.transactions += 1
-        stats.xact_time_total += self.pool.clock() - self.xact_started  # type: ignore[union-attr]
+        self.pool.transaction_done(self.pool.clock() - self.xact_started)  # type: ignore[union-attr]
         self.pool.checkin(server)  # type: ignore[union-attr]
 
     def server_lost(self, server: ServerConnection) -> None:

@@ -56,6 +56,7 @@ _FRONTEND_INTERESTING = (MSG_QUERY, MSG_PARSE, MSG_SYNC, MSG_TERMINATE, _MSG_FUN
                          MSG_EXECUTE, MSG_COPY_DONE, MSG_COPY_FAIL)
 #: Query text beyond this is not kept for pin analysis (the statement keywords come first).
 _MAX_ANALYSED = 64 * 1024
+_MAX_BUFFER_WHILE_WAITING = 256 * 1024
 _IGNORED_STARTUP = frozenset(("extra_float_digits",))
 
 
@@ -101,6 +102,8 @@ class ClientConnection(asyncio.Protocol):
         self.xact_started = 0.0
         self.key = (0, 0)
         self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
         self.scanner = codec.MessageScanner(_FRONTEND_INTERESTING, keep_body=(MSG_QUERY, MSG_PARSE),
                                             max_body=_MAX_ANALYSED)
         self._tracked = tracked_lower()
@@ -378,19 +381,27 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is None:
             if self.state is ClientState.WAITING:
-                self._buffer.append(data)
+                self._buffer_while_waiting(data)
                 return
             pool = self.pool
             assert pool is not None
             server = pool.checkout(self)
             if server is None:
                 self.state = ClientState.WAITING
-                self._buffer.append(data)
-                self.transport.pause_reading()  # type: ignore[union-attr]
+                self._buffer_while_waiting(data)
                 return
             self._link(server)
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
         server.transport.write(data)  # type: ignore[union-attr]
+
+    def _buffer_while_waiting(self, data: bytes) -> None:
+        # A waiting client rarely sends more (it awaits our answer), so reading is paused only
+        # when it does pile up: pause/resume per wait would cost two syscalls per transaction.
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > _MAX_BUFFER_WHILE_WAITING and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def _inspect(self, data: bytes, events: list[tuple[int, bytes, int]]) -> bytes:
         """Count what the client owes answers for and look for unreported session state."""
@@ -460,14 +471,19 @@ class ClientConnection(asyncio.Protocol):
         if self.state is not ClientState.WAITING:
             raise RuntimeError("client is no longer waiting")
         self._link(server)
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        buffer = self._buffer
+        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        self._buffered = 0
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
         server.transport.write(data)  # type: ignore[union-attr]
-        self.transport.resume_reading()  # type: ignore[union-attr]
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
 
     def on_pool_error(self, exc: ProxyError) -> None:
         self._buffer.clear()
+        self._buffered = 0
         self.state = ClientState.IDLE
         log.info("%r: no server connection: %s", self, exc.message)
         self.fail(exc)
@@ -483,9 +499,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = None
         server.client = None
         self.state = ClientState.IDLE
-        stats = self.pool.stats
-        stats.transactions += 1
-        stats.xact_time_total += self.pool.clock() - self.xact_started
+        self.pool.transaction_done(self.pool.clock() - self.xact_started)
         if server.cancels_in_flight:
             # A cancel for this client's query may still reach the server: never let it hit
             # the next client's query. The server goes back when the cancel is done.
