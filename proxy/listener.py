@@ -104,12 +104,17 @@ class ListenerRuntime:
         server.cancels_in_flight += 1
         self.spawn(self._cancel(server))
 
-    async def _cancel(self, server: Any) -> None:
+    async def cancel_server(self, server: Any) -> None:
+        """Send a CancelRequest for whatever `server` is running (PostgreSQL)."""
         from .postgres.server import send_cancel
         try:
             await send_cancel(self.config.server.host, self.config.server.port, server.key)
         except (TimeoutError, OSError) as exc:
             log.warning("cancel request to server failed: %s", exc)
+
+    async def _cancel(self, server: Any) -> None:
+        try:
+            await self.cancel_server(server)
         finally:
             server.cancels_in_flight -= 1
             if not server.cancels_in_flight and server.release_when_cancelled:

@@ -57,6 +57,8 @@ _FRONTEND_INTERESTING = (MSG_QUERY, MSG_PARSE, MSG_SYNC, MSG_TERMINATE, _MSG_FUN
 #: Query text beyond this is not kept for pin analysis (the statement keywords come first).
 _MAX_ANALYSED = 64 * 1024
 _MAX_BUFFER_WHILE_WAITING = 256 * 1024
+_PARSE_VERDICTS: dict[bytes, str | None] = {}
+_MISSING: Any = object()
 _IGNORED_STARTUP = frozenset(("extra_float_digits",))
 
 
@@ -91,6 +93,8 @@ class ClientConnection(asyncio.Protocol):
         self.pool: Pool | None = None
         self.server: ServerConnection | None = None
         self.params: dict[str, str] = {}
+        #: The tracked parameter values as a tuple (None: recompute after a change).
+        self.param_sig: tuple[str | None, ...] | None = None
         self.pending = 0  # ReadyForQuery messages the client is owed
         self.unsynced = False  # extended-protocol messages sent after the last Sync
         self.copy_mode = False
@@ -243,6 +247,11 @@ class ClientConnection(asyncio.Protocol):
         auth = cfg.auth_type
         self._reader = codec.MessageReader(max_message=1 << 16)
         if auth == "trust":
+            # Trust still means "a configured user": we need its password to log in upstream,
+            # and an unlisted name must not become a server login attempt.
+            if ucfg is None:
+                raise AuthFailed(f'password authentication failed for user "{user}"',
+                                 hint="the user is not configured on this poolproxy listener")
             self._auth_ok()
         elif auth == "md5":
             self._md5_salt = os.urandom(4)
@@ -420,7 +429,16 @@ class ClientConnection(asyncio.Protocol):
             elif t == MSG_PARSE:
                 if self.pinned is None:
                     name, sql = codec.parse_parse(body)
-                    reason = PinReason.PREPARED_STATEMENT if name else classify(sql, self._tracked)
+                    if name:
+                        reason = PinReason.PREPARED_STATEMENT
+                    else:
+                        # Parse texts repeat (placeholders, not literals): remember verdicts.
+                        reason = _PARSE_VERDICTS.get(sql, _MISSING)  # type: ignore[assignment]
+                        if reason is _MISSING:
+                            reason = classify(sql, self._tracked)
+                            if len(_PARSE_VERDICTS) >= 4096:
+                                _PARSE_VERDICTS.clear()
+                            _PARSE_VERDICTS[sql] = reason
                     if reason:
                         self._pin(reason)
             elif t == MSG_EXECUTE:
@@ -452,19 +470,21 @@ class ClientConnection(asyncio.Protocol):
         server.client = self
         self.state = ClientState.ACTIVE
         self.xact_started = self.pool.clock()  # type: ignore[union-attr]
-        sp = server.params
-        cp = self.params
-        diff = None
-        for name in SYNC_PARAMS:
-            value = cp.get(name)
-            if value is not None and sp.get(name) != value:
-                if diff is None:
-                    diff = {}
-                diff[name] = value
-        if diff:
-            server.swallow += 1
-            server.transport.write(codec.query(sync_sql(diff)))  # type: ignore[union-attr]
-            sp.update(diff)
+        # Compare the tracked parameters as one tuple; the diff loop only runs when they differ
+        # (after a client changed a setting, or a server last served a client with other ones).
+        sig = self.param_sig
+        if sig is None:
+            cp = self.params
+            sig = self.param_sig = tuple([cp.get(name) for name in SYNC_PARAMS])
+        if server.param_sig is not sig and server.param_sig != sig:
+            sp = server.params
+            diff = {name: value for name, value in zip(SYNC_PARAMS, sig, strict=True)
+                    if value is not None and sp.get(name) != value}
+            if diff:
+                server.swallow += 1
+                server.transport.write(codec.query(sync_sql(diff)))  # type: ignore[union-attr]
+                sp.update(diff)
+            server.param_sig = sig
 
     # Waiter protocol (called by the pool)
     def on_server(self, server: ServerConnection) -> None:
@@ -544,7 +564,10 @@ class ClientConnection(asyncio.Protocol):
         if server.state is ServerState.CLOSED:
             pool.discard(server, CloseReason.SERVER_ERROR)
         elif self.scanner.in_message or self.pending > 0 or self.copy_mode or server.swallow:
-            # The server is mid-request for a client that is gone: its state is unknown.
+            # The server is mid-request for a client that is gone: its state is unknown. Cancel
+            # what it runs (closing alone leaves the backend working until its query ends).
+            if self.pending > 0 and not self.scanner.in_message:
+                self.listener.spawn(self.listener.cancel_server(server))
             pool.discard(server, CloseReason.CLIENT_ABORT)
         elif server.tx_status != _I or self.pinned is not None or self.session_mode:
             self.listener.spawn(reset_server(pool, server, rollback=server.tx_status != _I,

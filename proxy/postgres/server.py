@@ -50,6 +50,8 @@ class ServerConnection(asyncio.Protocol):
         self.state = ServerState.LOGIN
         self.client: ClientConnection | None = None
         self.params: dict[str, str] = {}
+        #: Tuple of the tracked parameter values last synced from a client (None: unknown).
+        self.param_sig: tuple[str | None, ...] | None = None
         self.key = (0, 0)
         self.tx_status = _I
         now = pool.clock()
@@ -115,6 +117,7 @@ class ServerConnection(asyncio.Protocol):
                 name, value = codec.parse_parameter_status(body)
                 self.params[name] = value
                 client.params[name] = value
+                self.param_sig = client.param_sig = None
             elif t == MSG_COPY_IN or t == MSG_COPY_BOTH:
                 client.enter_copy_in()
         client.transport.write(data)  # type: ignore[union-attr]
@@ -130,8 +133,10 @@ class ServerConnection(asyncio.Protocol):
             if t == MSG_PARAMETER_STATUS:
                 name, value = codec.parse_parameter_status(body)
                 self.params[name] = value
+                self.param_sig = None
                 if self.client is not None:
                     self.client.params[name] = value
+                    self.client.param_sig = None
             elif t == MSG_ERROR:
                 fields = codec.parse_error_fields(body)
                 log.warning("%r: parameter sync failed: %s", self, fields.get("M"))
@@ -297,6 +302,7 @@ class ServerConnection(asyncio.Protocol):
                 elif t == MSG_PARAMETER_STATUS:
                     name, value = codec.parse_parameter_status(body)
                     self.params[name] = value
+                    self.param_sig = None
                 elif t == MSG_READY_FOR_QUERY:
                     self.tx_status = body[0]
                     return errors

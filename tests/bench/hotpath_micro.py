@@ -1,0 +1,105 @@
+"""Micro-benchmark of poolproxy's PostgreSQL hot path in pure Python (no sockets).
+
+Feeds pgbench-like client messages and server responses through the real ClientConnection /
+ServerConnection objects with in-memory transports, and prints the Python cost per transaction.
+Run: python tests/bench/hotpath_micro.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from proxy.config import parse_config  # noqa: E402
+from proxy.listener import ListenerRuntime  # noqa: E402
+from proxy.pool import ClientState, ServerState  # noqa: E402
+from proxy.postgres import codec  # noqa: E402
+from proxy.postgres.client import ClientConnection  # noqa: E402
+from proxy.postgres.server import ServerConnection  # noqa: E402
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out = 0
+
+    def write(self, data: bytes) -> None:
+        self.out += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1)
+
+
+def msg(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+def simple_query() -> tuple[bytes, bytes]:
+    q = codec.query("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;")
+    resp = (msg(b"T", b"\x00\x01abalance\x00" + bytes(18)) + msg(b"D", b"\x00\x01\x00\x00\x00\x041234")
+            + msg(b"C", b"SELECT 1\x00") + msg(b"Z", b"I"))
+    return q, resp
+
+
+def extended_query() -> tuple[bytes, bytes]:
+    sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+    q = (msg(b"P", b"\x00" + sql + b"\x00\x00\x00") + msg(b"B", b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x0512345\x00\x00")
+         + msg(b"D", b"P\x00") + msg(b"E", b"\x00\x00\x00\x00\x00") + msg(b"S", b""))
+    resp = (msg(b"1", b"") + msg(b"2", b"") + msg(b"T", b"\x00\x01abalance\x00" + bytes(18))
+            + msg(b"D", b"\x00\x01\x00\x00\x00\x041234") + msg(b"C", b"SELECT 1\x00") + msg(b"Z", b"I"))
+    return q, resp
+
+
+async def run(kind: str, n: int) -> float:
+    cfg = parse_config("""
+listeners:
+  - {name: pg, protocol: postgres, listen: "127.0.0.1:1", server: {host: 127.0.0.1, port: 2},
+     users: [{name: app, password: x}]}
+admin: {listen: null}
+""")
+    loop = asyncio.get_running_loop()
+    rt = ListenerRuntime(cfg.listeners[0], None, loop, time.monotonic)  # type: ignore[arg-type]
+    pool = rt.get_pool("app", "app")
+    server = ServerConnection(pool, "app", "x", "app", loop)
+    server.transport = FakeTransport()  # type: ignore[assignment]
+    server._reader = None
+    server.params = {"TimeZone": "UTC", "client_encoding": "UTF8", "DateStyle": "ISO, MDY"}
+    pool.server_params = dict(server.params)
+    server.state = ServerState.IDLE
+    pool.idle.append(server)
+    client = ClientConnection(rt)
+    client.transport = FakeTransport()  # type: ignore[assignment]
+    client.pool = pool
+    client.params = dict(server.params)
+    client.state = ClientState.IDLE
+    q, resp = simple_query() if kind == "simple" else extended_query()
+    t0 = time.process_time()
+    for _ in range(n):
+        client.data_received(q)
+        server.data_received(resp)
+    dt = time.process_time() - t0
+    assert pool.stats.transactions == n, pool.stats.transactions
+    return dt / n * 1e6
+
+
+def main() -> None:
+    for kind in ("simple", "extended"):
+        best = min(asyncio.run(run(kind, 50000)) for _ in range(3))
+        print(f"{kind:9s} {best:6.2f} µs of Python per transaction")
+
+
+if __name__ == "__main__":
+    main()

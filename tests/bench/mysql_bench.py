@@ -1,0 +1,737 @@
+#!/usr/bin/env python3
+"""sysbench against direct MariaDB and through poolproxy, side by side (a script, not a test).
+
+One run starts a throwaway MariaDB (tests/harness), prepares the sysbench tables, starts poolproxy
+in front of it (MySQL listener, transaction pooling, pool size 20, mysql_native_password), runs
+sysbench ``oltp_point_select`` and ``oltp_read_only`` (``--db-ps-mode=disable``, 50 threads)
+against each target and prints a markdown table: tps, queries/s, latency avg/p95 and poolproxy's
+CPU time per 1000 transactions. Every process it started is stopped on exit, Ctrl-C included.
+``--targets direct,poolproxy,forwarder`` adds a bare uvloop byte forwarder (no pooling, no
+parsing) as a baseline: the floor for any Python proxy on the same machine (DESIGN.md section 6).
+
+    python tests/bench/mysql_bench.py --duration 15 [--json out.json]
+
+Options: ``--help``. Needs sysbench (Debian: ``apt-get install -y sysbench``, 1.0.20), the MariaDB
+server binaries (``mariadb-server``) and the project's test dependencies (PyMySQL, PyYAML); Linux
+(/proc for the CPU figures). When run as root, mariadbd runs as the ``mysql`` system user.
+Figures are relative: sysbench, mariadbd and poolproxy share the machine's CPUs, so run it on an
+otherwise idle machine (the script warns when the load average is high).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # run as a plain script: make `tests.harness` importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.harness.mariadb import MariaDbServer  # noqa: E402
+from tests.harness.pgserver import log_tail  # noqa: E402
+from tests.harness.ports import free_port  # noqa: E402
+from tests.harness.proxyproc import ProxyProcess, make_config, mysql_listener  # noqa: E402
+
+APP_USER = "app"
+APP_PASSWORD = "app-secret"  # created by the harness (mysql_native_password, ALL on app.*)
+DBNAME = "app"
+POOL_SIZE = 20
+TABLES = 4
+TABLE_SIZE = 10000
+
+# The sysbench scripts this benchmark knows (--tests picks from these), with the number of
+# queries each transaction ("event") sends: 1 SELECT; BEGIN + 10 point selects + 4 ranges + COMMIT.
+TESTS: dict[str, int] = {
+    "oltp_point_select": 1,
+    "oltp_read_only": 16,
+}
+DEFAULT_TESTS = ("oltp_point_select", "oltp_read_only")
+TARGETS = ("direct", "poolproxy", "forwarder")
+DEFAULT_TARGETS = ("direct", "poolproxy")
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class RunResult:
+    """One sysbench run against one target."""
+
+    test: str
+    target: str
+    threads: int
+    duration: int
+    command: list[str]
+    returncode: int | None = None  # None: sysbench did not finish (timed out, killed)
+    tps: float | None = None
+    qps: float | None = None
+    transactions: int | None = None
+    queries: int | None = None
+    latency_avg_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_max_ms: float | None = None
+    ignored_errors: int | None = None
+    reconnects: int | None = None
+    total_time_s: float | None = None
+    proxy_cpu_s: float | None = None  # utime+stime of poolproxy (or the forwarder) during the run
+    mariadb_cpu_s: float | None = None  # utime+stime of mariadbd during the run
+    sysbench_cpu_s: float | None = None
+    error: str = ""  # empty when the run went well
+    proxy_log_tail: str = ""  # attached when a run through poolproxy (or the forwarder) failed
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def errors(self) -> int | None:
+        """Ignored errors plus reconnects: sysbench goes on after these, but they should be 0."""
+        if self.ignored_errors is None and self.reconnects is None:
+            return None
+        return (self.ignored_errors or 0) + (self.reconnects or 0)
+
+    @property
+    def proxy_cpu_ms_per_1000(self) -> float | None:
+        """Proxy CPU milliseconds per 1000 transactions (= microseconds per transaction)."""
+        if self.proxy_cpu_s is None or not self.transactions:
+            return None
+        return self.proxy_cpu_s * 1e6 / self.transactions
+
+    @property
+    def proxy_cpu_us_per_query(self) -> float | None:
+        if self.proxy_cpu_s is None or not self.queries:
+            return None
+        return self.proxy_cpu_s * 1e6 / self.queries
+
+    @property
+    def mariadb_cpu_ms_per_1000(self) -> float | None:
+        if self.mariadb_cpu_s is None or not self.transactions:
+            return None
+        return self.mariadb_cpu_s * 1e6 / self.transactions
+
+
+_COUNT_RATE = r":\s+(\d+)\s+\(([\d.]+) per sec\.\)"
+_TRANSACTIONS_RE = re.compile(r"^\s*transactions" + _COUNT_RATE, re.M)
+_QUERIES_RE = re.compile(r"^\s*queries" + _COUNT_RATE, re.M)
+_IGNORED_RE = re.compile(r"^\s*ignored errors:\s+(\d+)", re.M)
+_RECONNECTS_RE = re.compile(r"^\s*reconnects:\s+(\d+)", re.M)
+_TOTAL_TIME_RE = re.compile(r"^\s*total time:\s+([\d.]+)s", re.M)
+_LATENCY_RE = re.compile(r"^Latency \(ms\):\n(?P<body>(?:[ \t]+.*\n?)+)", re.M)
+_LATENCY_FIELD_RE = re.compile(r"^\s*(min|avg|max|\d+th percentile|sum):\s+([\d.]+)", re.M)
+
+
+def parse_sysbench(output: str) -> dict[str, Any]:
+    """The figures in sysbench 1.0's report; missing ones are left out."""
+    found: dict[str, Any] = {}
+    match = _TRANSACTIONS_RE.search(output)
+    if match:
+        found["transactions"], found["tps"] = int(match.group(1)), float(match.group(2))
+    match = _QUERIES_RE.search(output)
+    if match:
+        found["queries"], found["qps"] = int(match.group(1)), float(match.group(2))
+    for key, regex, conv in (
+        ("ignored_errors", _IGNORED_RE, int),
+        ("reconnects", _RECONNECTS_RE, int),
+        ("total_time_s", _TOTAL_TIME_RE, float),
+    ):
+        match = regex.search(output)
+        if match:
+            found[key] = conv(match.group(1))
+    match = _LATENCY_RE.search(output)
+    if match:
+        fields = dict(_LATENCY_FIELD_RE.findall(match.group("body")))
+        for key, name in (("latency_avg_ms", "avg"), ("latency_max_ms", "max"),
+                          ("latency_p95_ms", "95th percentile")):
+            if name in fields:
+                found[key] = float(fields[name])
+    return found
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (from /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            data = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: split after the last ')'.
+        ppid = int(data[data.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """utime + stime of each process still alive, in seconds."""
+    used: dict[int, float] = {}
+    for pid in pids:
+        try:
+            data = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2:].split()
+        used[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # stat fields 14 and 15
+    return used
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return round(sum(after[p] - before[p] for p in after if p in before), 3)
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Poolproxy:
+    """poolproxy (``python -m proxy``) via the harness's ProxyProcess, tuned for measuring."""
+
+    def __init__(self, workdir: Path, server: MariaDbServer, pool_size: int) -> None:
+        listener = mysql_listener(server, name="mysql",
+                                  users=[{"name": APP_USER, "password": APP_PASSWORD}])
+        config = make_config(listener, admin=False, defaults={"pool_size": pool_size})
+        config["logging"] = {"level": "warning", "format": "text"}
+        self.process = ProxyProcess(config, workdir)
+        self.port = self.process.port("mysql")
+
+    def start(self) -> None:
+        self.process.start(timeout=30)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def is_running(self) -> bool:
+        return self.process.is_running()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.process.log_tail(lines)
+
+
+# A bare uvloop byte forwarder (one server connection per client, no parsing, no pooling): the
+# floor for any Python proxy on this machine, as in DESIGN.md section 6.
+FORWARDER_SOURCE = """
+import asyncio, sys, uvloop
+
+class Up(asyncio.Protocol):
+    def __init__(self, down):
+        self.down = down
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.down.transport.write(data)
+    def connection_lost(self, exc):
+        self.down.transport.close()
+
+class Down(asyncio.Protocol):
+    up = None
+    def connection_made(self, transport):
+        self.transport, self.early = transport, []
+        asyncio.get_running_loop().create_task(self.connect())
+    async def connect(self):
+        try:
+            _, up = await asyncio.get_running_loop().create_connection(
+                lambda: Up(self), SERVER_HOST, SERVER_PORT)
+        except OSError:
+            self.transport.close()
+            return
+        self.up = up
+        for data in self.early:
+            up.transport.write(data)
+    def data_received(self, data):
+        if self.up is None:
+            self.early.append(data)
+        else:
+            self.up.transport.write(data)
+    def connection_lost(self, exc):
+        if self.up is not None:
+            self.up.transport.close()
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Down, "127.0.0.1", LISTEN_PORT)
+    await server.serve_forever()
+
+LISTEN_PORT, SERVER_HOST, SERVER_PORT = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+uvloop.run(main())
+"""
+
+
+class Forwarder:
+    """FORWARDER_SOURCE as a child process on 127.0.0.1:<free port> in front of ``server``."""
+
+    def __init__(self, workdir: Path, server: MariaDbServer) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.logfile = workdir / "forwarder.log"
+        self.server = server
+        self.port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        with open(self.logfile, "ab") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", FORWARDER_SOURCE, str(self.port), self.server.host,
+                 str(self.server.port)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.is_running():
+                raise RuntimeError(f"forwarder exited during startup:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"forwarder does not listen on {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.logfile, lines)
+
+
+Middle = Poolproxy | Forwarder
+
+
+# --------------------------------------------------------------------------- sysbench
+
+
+def sysbench_binary() -> str:
+    found = shutil.which("sysbench")
+    if not found:
+        raise SystemExit("sysbench not found: apt-get install -y sysbench (see README.md)")
+    return found
+
+
+def sysbench_version(sysbench: str) -> str:
+    out = subprocess.run([sysbench, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
+def sysbench_common(port: int, user: str, password: str) -> list[str]:
+    args = [
+        "--db-driver=mysql", "--mysql-host=127.0.0.1", f"--mysql-port={port}",
+        f"--mysql-user={user}", f"--mysql-db={DBNAME}", f"--tables={TABLES}",
+        f"--table-size={TABLE_SIZE}",
+    ]
+    if password:
+        args.append(f"--mysql-password={password}")
+    return args
+
+
+def prepare_tables(sysbench: str, server: MariaDbServer, workdir: Path) -> None:
+    """``oltp_read_only prepare`` as root (no password over TCP); creates sbtest1..N in app."""
+    print(f"preparing sysbench tables ({TABLES} x {TABLE_SIZE} rows) ...", flush=True)
+    cmd = [sysbench, "oltp_read_only", *sysbench_common(server.port, "root", ""),
+           f"--threads={TABLES}", "prepare"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    (workdir / "sysbench-prepare.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"sysbench prepare failed ({result.returncode}):\n"
+                           f"{(result.stdout + result.stderr)[-3000:]}")
+    server.execute("ANALYZE TABLE " + ", ".join(f"sbtest{i}" for i in range(1, TABLES + 1)),
+                   database=DBNAME)
+
+
+def _interesting_lines(text: str, limit: int = 30) -> list[str]:
+    """sysbench's complaints (FATAL/ALERT/WARNING/error lines), each distinct line once with
+    its count: every thread usually reports the same failure."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if re.search(r"FATAL|ALERT|WARNING|error|Error|ERROR", line):
+            # Ports and thread numbers differ between otherwise identical lines.
+            key = re.sub(r"thread #?\d+|id=\d+", "...", line.strip())
+            counts[key] = counts.get(key, 0) + 1
+    lines = [line if n == 1 else f"{line}   [x{n}]" for line, n in counts.items()]
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... ({len(lines) - limit} more distinct lines)"]
+    return lines
+
+
+def run_sysbench(
+    sysbench: str, test: str, target: str, port: int, threads: int, duration: int,
+    proxy: Middle | None, server: MariaDbServer, extra: list[str], workdir: Path,
+) -> RunResult:
+    """One sysbench run; the proxy's and mariadbd's CPU use is read from /proc around it."""
+    cmd = [
+        sysbench, test, *sysbench_common(port, APP_USER, APP_PASSWORD), "--db-ps-mode=disable",
+        f"--threads={threads}", f"--time={duration}", "--events=0", "--percentile=95",
+        "--report-interval=0", *extra, "run",
+    ]
+    result = RunResult(test=test, target=target, threads=threads, duration=duration,
+                       command=cmd)
+    proxy_pids = process_tree(proxy.pid) if proxy is not None and proxy.pid is not None else []
+    db_pids = [server.pid] if server.pid is not None else []
+    proxy_before, db_before = cpu_seconds(proxy_pids), cpu_seconds(db_pids)
+    sysbench_before = children_cpu_seconds()
+    stdout, stderr = "", ""
+    try:
+        # sysbench has no query timeout: a proxy that loses a reply would hang it for ever.
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              timeout=duration + 60)
+        stdout, stderr = proc.stdout, proc.stderr
+        result.returncode = proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        stdout, stderr = _text(exc.stdout), _text(exc.stderr)
+        result.error = f"sysbench did not finish within {exc.timeout:.0f}s (killed: a hang)"
+    if proxy_pids:
+        result.proxy_cpu_s = cpu_delta(proxy_before, cpu_seconds(proxy_pids))
+    if db_pids:
+        result.mariadb_cpu_s = cpu_delta(db_before, cpu_seconds(db_pids))
+    result.sysbench_cpu_s = round(children_cpu_seconds() - sysbench_before, 3)
+    (workdir / f"sysbench-{test}-{target}.log").write_text(
+        " ".join(cmd) + "\n\n" + stdout + "\n--- stderr ---\n" + stderr)
+    for key, value in parse_sysbench(stdout).items():
+        setattr(result, key, value)
+    problems = []
+    if result.returncode not in (0, None):
+        problems.append(f"sysbench exited with code {result.returncode}")
+    if result.tps is None:
+        problems.append("no tps in sysbench's output")
+    if result.errors:
+        problems.append(f"{result.ignored_errors} ignored errors, {result.reconnects} reconnects")
+    if proxy is not None and not proxy.is_running():
+        problems.append(f"{target} is not running any more")
+    if problems:
+        result.error = "; ".join([*filter(None, [result.error]), *problems])
+        complaints = _interesting_lines(stdout + "\n" + stderr)
+        if complaints:
+            result.error += "\nsysbench said:\n" + "\n".join(complaints)
+        if proxy is not None:
+            result.proxy_log_tail = proxy.log_tail()
+    return result
+
+
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _mark(result: RunResult | None, text: str) -> str:
+    if result is None:
+        return "—"
+    return text + ("" if result.ok else " (!)")
+
+
+def _cell(result: RunResult | None, attr: str, digits: int = 0) -> str:
+    """``result.<attr>`` formatted; "ERR" when the run produced no figure, "(!)" when it
+    produced one but had problems."""
+    if result is None:
+        return "—"
+    value: float | None = getattr(result, attr)
+    return "ERR" if value is None else _mark(result, _fmt(value, digits))
+
+
+def _latency(result: RunResult | None) -> str:
+    if result is None:
+        return "—"
+    if result.latency_avg_ms is None:
+        return "ERR"
+    return _mark(result, f"{_fmt(result.latency_avg_ms, 2)} / {_fmt(result.latency_p95_ms, 2)}")
+
+
+def _errors(result: RunResult | None) -> str:
+    if result is None:
+        return "—"
+    if result.errors is None:
+        return "?"
+    return f"{result.ignored_errors or 0}/{result.reconnects or 0}"
+
+
+def _ratio(a: RunResult | None, b: RunResult | None) -> str:
+    return f"{a.tps / b.tps:.2f}" if a and b and b.tps and a.tps is not None else "—"
+
+
+def markdown_table(results: list[RunResult], tests: list[str]) -> str:
+    """The main table (direct vs poolproxy), plus a forwarder table when that target ran."""
+    by_key = {(r.test, r.target): r for r in results}
+    header = [
+        "test", "threads", "direct tps", "poolproxy tps", "ratio", "direct qps", "poolproxy qps",
+        "latency ms avg/p95 direct", "latency ms avg/p95 poolproxy",
+        "errors/reconnects direct", "errors/reconnects poolproxy",
+        "proxy CPU ms/1000 txn", "proxy CPU µs/query",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for test in tests:
+        direct, pp = by_key.get((test, "direct")), by_key.get((test, "poolproxy"))
+        threads = next((r.threads for r in results if r.test == test), 0)
+        row = [
+            test, str(threads), _cell(direct, "tps"), _cell(pp, "tps"), _ratio(pp, direct),
+            _cell(direct, "qps"), _cell(pp, "qps"), _latency(direct), _latency(pp),
+            _errors(direct), _errors(pp),
+            _cell(pp, "proxy_cpu_ms_per_1000", 1), _cell(pp, "proxy_cpu_us_per_query", 1),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    if any(r.target == "forwarder" for r in results):
+        header = [
+            "test (bare forwarder baseline)", "forwarder tps", "forwarder/direct",
+            "poolproxy/forwarder", "latency ms avg/p95 forwarder", "errors/reconnects forwarder",
+            "forwarder CPU ms/1000 txn", "forwarder CPU µs/query",
+        ]
+        lines += ["", "| " + " | ".join(header) + " |",
+                  "|" + "|".join("---" for _ in header) + "|"]
+        for test in tests:
+            direct, pp = by_key.get((test, "direct")), by_key.get((test, "poolproxy"))
+            fwd = by_key.get((test, "forwarder"))
+            row = [
+                test, _cell(fwd, "tps"), _ratio(fwd, direct), _ratio(pp, fwd), _latency(fwd),
+                _errors(fwd), _cell(fwd, "proxy_cpu_ms_per_1000", 1),
+                _cell(fwd, "proxy_cpu_us_per_query", 1),
+            ]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def git_describe() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "proxy"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (proxy/ has uncommitted changes)" if dirty else "")
+
+
+# --------------------------------------------------------------------------- main
+
+
+class Cleanup:
+    """Stops what was started, in reverse order, once (from ``finally`` or from atexit)."""
+
+    def __init__(self) -> None:
+        self._actions: list[tuple[str, Callable[[], None]]] = []
+        atexit.register(self.run)
+
+    def add(self, what: str, action: Callable[[], None]) -> None:
+        self._actions.append((what, action))
+
+    def run(self) -> None:
+        # A second Ctrl-C must not abandon half-stopped servers.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            while self._actions:
+                what, action = self._actions.pop()
+                try:
+                    action()
+                except Exception as exc:
+                    print(f"cleanup: stopping {what} failed: {exc}", file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    print(f"\n{signal.Signals(signum).name}: stopping everything", file=sys.stderr)
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="sysbench: direct MariaDB vs poolproxy (MySQL listener, transaction pooling)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per run (default 15)")
+    parser.add_argument("--threads", type=int, default=50, help="sysbench --threads (default 50)")
+    parser.add_argument("--tests", default=",".join(DEFAULT_TESTS),
+                        help=f"comma-separated, from {', '.join(TESTS)} "
+                             f"(default {','.join(DEFAULT_TESTS)})")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help=f"comma-separated, from {', '.join(TARGETS)} (default "
+                             f"{','.join(DEFAULT_TARGETS)}); forwarder = a bare uvloop byte "
+                             "forwarder without pooling, the floor for a Python proxy")
+    parser.add_argument("--pool-size", type=int, default=POOL_SIZE,
+                        help=f"poolproxy server connections per pool (default {POOL_SIZE})")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="seconds of unrecorded direct oltp_point_select first "
+                             "(default 3; 0: none)")
+    parser.add_argument("--sysbench-arg", action="append", default=[], metavar="ARG",
+                        help="extra sysbench argument for every run, e.g. "
+                             "--sysbench-arg=--mysql-ignore-errors=all (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work dir (data dir, config, logs) afterwards")
+    args = parser.parse_args(argv)
+    for name, known in (("tests", TESTS), ("targets", TARGETS)):
+        chosen = [t.strip() for t in getattr(args, name).split(",") if t.strip()]
+        unknown = [t for t in chosen if t not in known]
+        if unknown or not chosen:
+            parser.error(f"--{name}: unknown {unknown}; choose from {', '.join(known)}")
+        setattr(args, name, chosen)
+    if args.duration < 1 or args.threads < 1:
+        parser.error("--duration and --threads must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGINT explicitly: a shell that starts us in the background leaves it ignored otherwise.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    sysbench = sysbench_binary()
+    load_before = os.getloadavg()
+    if load_before[0] > (os.cpu_count() or 1) * 0.5:
+        print(f"warning: load average is {load_before[0]:.1f} on {os.cpu_count()} CPUs; "
+              "something else is running and the figures will be noisy", file=sys.stderr)
+    workdir = Path(tempfile.mkdtemp(prefix="pp-mysql-bench-"))
+    cleanup = Cleanup()
+    if args.keep:
+        cleanup.add("(nothing: --keep)", lambda: print(f"work dir kept: {workdir}"))
+    else:
+        cleanup.add("work dir", lambda: shutil.rmtree(workdir, ignore_errors=True))
+    results: list[RunResult] = []
+    try:
+        print(f"starting MariaDB in {workdir} ...", flush=True)
+        server = MariaDbServer.create(workdir)
+        cleanup.add("MariaDB", server.stop)
+        db_version = str(server.execute("SELECT VERSION()")[0][0])
+        prepare_tables(sysbench, server, workdir)
+
+        middles: dict[str, Middle] = {}
+        if "poolproxy" in args.targets:
+            proxy = Poolproxy(workdir / "poolproxy", server, args.pool_size)
+            cleanup.add("poolproxy", proxy.stop)
+            proxy.start()
+            middles["poolproxy"] = proxy
+        if "forwarder" in args.targets:
+            forwarder = Forwarder(workdir / "forwarder", server)
+            cleanup.add("forwarder", forwarder.stop)
+            forwarder.start()
+            middles["forwarder"] = forwarder
+        ports = {"direct": server.port, **{name: m.port for name, m in middles.items()}}
+
+        if args.warmup > 0:
+            print(f"warm-up: {args.warmup}s of direct oltp_point_select ...", flush=True)
+            run_sysbench(sysbench, "oltp_point_select", "warmup", server.port, args.threads,
+                         args.warmup, None, server, args.sysbench_arg, workdir)
+
+        print(f"running {len(args.tests)} tests x {len(args.targets)} targets x "
+              f"{args.duration}s, {args.threads} threads\n", flush=True)
+        for test in args.tests:
+            for target in args.targets:
+                target_proxy = middles.get(target)
+                if target_proxy is not None and not target_proxy.is_running():
+                    print(f"  {target} is not running; restarting it", flush=True)
+                    target_proxy.stop()
+                    target_proxy.start()
+                result = run_sysbench(sysbench, test, target, ports[target], args.threads,
+                                      args.duration, target_proxy, server, args.sysbench_arg,
+                                      workdir)
+                results.append(result)
+                cpu = result.proxy_cpu_ms_per_1000
+                print(f"  {test:<18} {target:<10} tps {_fmt(result.tps):>7}  qps "
+                      f"{_fmt(result.qps):>7}  latency avg/p95 {_latency(result)} ms"
+                      + (f"  proxy CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
+                      + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
+                      flush=True)
+                time.sleep(1.0)  # let closed connections' threads exit before the next run
+
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "mariadb": db_version,
+            "sysbench": sysbench_version(sysbench),
+            "poolproxy_commit": git_describe(),
+            "duration_s": args.duration,
+            "threads": args.threads,
+            "tables": TABLES,
+            "table_size": TABLE_SIZE,
+            "pool_size": args.pool_size,
+            "sysbench_extra_args": args.sysbench_arg,
+        }
+        print()
+        print(markdown_table(results, args.tests))
+        print()
+        print(
+            f"{meta['cpus']} CPUs, MariaDB {db_version}, {meta['sysbench']}, poolproxy"
+            f" {meta['poolproxy_commit']}; --db-ps-mode=disable --threads={args.threads}"
+            f" --time={args.duration}, {TABLES} tables x {TABLE_SIZE} rows, pool size"
+            f" {args.pool_size}. qps counts BEGIN/COMMIT. proxy CPU = poolproxy's utime+stime"
+            " during the run per 1000 transactions (= µs per transaction). (!) = the run had"
+            " problems, see below."
+        )
+        failed = [r for r in results if not r.ok]
+        for r in failed:
+            print(f"\n### problem: {r.test} via {r.target}\n{r.error}")
+            if r.proxy_log_tail:
+                print(f"--- {r.target} log tail ---\n{r.proxy_log_tail}")
+        if args.json is not None:
+            payload = {
+                "meta": meta,
+                "runs": [asdict(r) | {
+                    "ok": r.ok,
+                    "proxy_cpu_ms_per_1000": r.proxy_cpu_ms_per_1000,
+                    "proxy_cpu_us_per_query": r.proxy_cpu_us_per_query,
+                    "mariadb_cpu_ms_per_1000": r.mariadb_cpu_ms_per_1000,
+                } for r in results],
+            }
+            args.json.write_text(json.dumps(payload, indent=2) + "\n")
+            print(f"\nresults written to {args.json}")
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        cleanup.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
