@@ -96,6 +96,7 @@ class ClientConnection(asyncio.Protocol):
         self.xact_started = 0.0
         self.infile = False
         self._buffer: list[tuple[int, bytes]] = []
+        self._paused = False
         self._analysis: Analysis | None = None
         self._init_db: str | None = None
         self._resetting = False
@@ -134,7 +135,14 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
-        clean = not reader.pending
+        if self.state is not ClientState.LOGIN and not self.infile and not reader._buf:
+            # Fast path: a command is normally exactly one packet in one chunk.
+            n = len(data)
+            if n >= 5:
+                ln = data[0] | data[1] << 8 | data[2] << 16
+                if ln + 4 == n and ln < codec.MAX_PAYLOAD:
+                    self._command(data[3], data[4:], data)
+                    return
         try:
             packets = reader.feed(data)
         except codec.ProtocolError as exc:
@@ -143,6 +151,8 @@ class ClientConnection(asyncio.Protocol):
                 f"invalid packet from client: {exc}", mysql_errno=1153,
                 hint=f"packets are limited to {MAX_CLIENT_PACKET >> 20} MiB through poolproxy"), 0)
             return
+        if reader._pos >= len(reader._buf):
+            reader.clear()
         if not packets:
             return
         if self.state is ClientState.LOGIN:
@@ -152,12 +162,10 @@ class ClientConnection(asyncio.Protocol):
                 self._login_packet(seq, payload)
             return
         if self.infile:
-            self._forward_infile(data if clean and not reader.pending else None, packets)
+            self._forward_infile(packets)
             return
-        # A command is normally one packet in one chunk: forward the bytes as they came.
-        raw = data if clean and not reader.pending and len(packets) == 1 else None
         for seq, payload in packets:
-            self._command(seq, payload, raw)
+            self._command(seq, payload, None)
 
     # ------------------------------------------------------------------ errors
     def fail(self, exc: ProxyError, seq: int = 0, fatal: bool = True) -> None:
@@ -324,18 +332,20 @@ class ClientConnection(asyncio.Protocol):
         data = raw if raw is not None else codec.encode_packet(seq, payload)
         server = self.server
         if server is None:
+            self._buffer.append((cmd, data))
             if self.state is ClientState.WAITING:
-                self._buffer.append((cmd, data))
+                # MySQL clients wait for each answer; one that keeps sending while it waits
+                # is throttled rather than buffered without bound.
+                if len(self._buffer) > 16 and not self._paused:
+                    self._paused = True
+                    self.transport.pause_reading()  # type: ignore[union-attr]
                 return
             pool = self.pool
             assert pool is not None
-            self._buffer.append((cmd, data))
+            self.state = ClientState.WAITING
             server = pool.checkout(self)
             if server is None:
-                self.state = ClientState.WAITING
-                self.transport.pause_reading()  # type: ignore[union-attr]
-                return
-            self.state = ClientState.WAITING
+                return  # on_server() follows when a server is free
             self.on_server(server)
             return
         self._send(server, cmd, data)
@@ -355,10 +365,10 @@ class ClientConnection(asyncio.Protocol):
             self.listener.count_pin(reason)
             log.debug("%r: pinned to its server (%s)", self, reason)
 
-    def _forward_infile(self, raw: bytes | None, packets: list[tuple[int, bytes]]) -> None:
+    def _forward_infile(self, packets: list[tuple[int, bytes]]) -> None:
         server = self.server
         assert server is not None and server.tracker is not None
-        out = raw if raw is not None else b"".join(codec.encode_packet(s, p) for s, p in packets)
+        out = b"".join(codec.encode_packet(s, p) for s, p in packets)
         for _seq, payload in packets:
             if server.tracker.client_infile_packet(len(payload)):
                 self.infile = False
@@ -372,7 +382,8 @@ class ClientConnection(asyncio.Protocol):
         if self.state is not ClientState.WAITING:
             raise RuntimeError("client is no longer waiting")
         self.xact_started = self.pool.clock()  # type: ignore[union-attr]
-        sql = replay_sql(self.vars, server.vars, server.names_default)
+        sql = replay_sql(self.vars, server.vars, server.names_default) \
+            if (self.vars or server.vars) else None
         if sql is not None or (self.schema and self.schema != server.schema):
             self.listener.spawn(self._replay_then_send(server, sql))
             return
@@ -385,7 +396,8 @@ class ClientConnection(asyncio.Protocol):
         buffered, self._buffer = self._buffer, []
         for cmd, data in buffered:
             self._send(server, cmd, data)
-        if not self.transport.is_closing():  # type: ignore[union-attr]
+        if self._paused:
+            self._paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
     async def _replay_then_send(self, server: ServerConnection, sql: str | None) -> None:
