@@ -37,12 +37,29 @@ class Analysis:
 
 _TRIGGERS = re.compile(rb"set|@|temporary|lock|prepare|use|last_insert_id|found_rows|row_count"
                        rb"|sql_calc_found_rows|handler")
-_COMMENT = re.compile(rb"/\*(?!!).*?\*/|--\s[^\n]*|#[^\n]*", re.S)
 _USER_VAR = re.compile(rb"(?<![@\w])@(?!@)[\w$.`'\"]")
 _LOCK_FUNCS = re.compile(rb"\b(?:get_lock|release_lock|release_all_locks)\s*\(", re.I)
 _SESSION_FUNCS = re.compile(rb"\b(?:last_insert_id|found_rows|row_count)\s*\(\s*\)|\bsql_calc_found_rows\b",
                             re.I)
 _TEMP = re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", re.I)
+#: (keyword that must occur, pattern that confirms it, reason). bytes.find runs at memchr
+#: speed, so a multi-megabyte INSERT only pays a regex scan if the keyword really is there.
+_PIN_PATTERNS = (
+    (b"@", _USER_VAR, PinReason.USER_VARIABLE),
+    (b"lock", _LOCK_FUNCS, PinReason.GET_LOCK),
+    (b"last_insert_id", _SESSION_FUNCS, PinReason.SESSION_FUNCTION),
+    (b"found_rows", _SESSION_FUNCS, PinReason.SESSION_FUNCTION),
+    (b"row_count", _SESSION_FUNCS, PinReason.SESSION_FUNCTION),
+    (b"temporary", _TEMP, PinReason.TEMP_TABLE),
+)
+
+
+def _pin_reason(masked: bytes) -> str | None:
+    low = masked.lower()
+    for keyword, pattern, reason in _PIN_PATTERNS:
+        if keyword in low and pattern.search(low):
+            return reason
+    return None
 _LOCK_TABLES = re.compile(rb"^\s*lock\s+tables?\b", re.I)
 _PREPARE = re.compile(rb"^\s*(?:prepare|execute|deallocate\s+prepare)\b", re.I)
 _HANDLER = re.compile(rb"^\s*handler\b", re.I)
@@ -62,30 +79,6 @@ _ASSIGN = re.compile(
 _NOT_REPLAYED = frozenset(("autocommit",))
 _CHARSET_VARS = frozenset(("character_set_client", "character_set_connection",
                            "character_set_results", "collation_connection"))
-
-
-def _split(sql: bytes) -> list[bytes]:
-    """Split on ';' outside quotes (a multi-statement COM_QUERY)."""
-    out: list[bytes] = []
-    start = 0
-    quote = 0
-    i = 0
-    n = len(sql)
-    while i < n:
-        c = sql[i]
-        if quote:
-            if c == 0x5C:  # backslash escape
-                i += 1
-            elif c == quote:
-                quote = 0
-        elif c in (0x27, 0x22, 0x60):
-            quote = c
-        elif c == 0x3B:
-            out.append(sql[start:i])
-            start = i + 1
-        i += 1
-    out.append(sql[start:])
-    return [s.strip() for s in out if s.strip()]
 
 
 def _split_assignments(text: bytes) -> list[bytes]:
@@ -115,26 +108,52 @@ def _split_assignments(text: bytes) -> list[bytes]:
     return parts
 
 
+#: String literals and comments, in one pass so that a quote inside a comment or a comment
+#: marker inside a string is read correctly. /*! ... */ is MySQL's executable comment: code.
+_LEXEMES = re.compile(
+    # Unrolled loops ([^'\\]* runs between escapes) keep big literals at C speed.
+    rb"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'?"
+    rb'|"[^"\\]*(?:(?:\\.|"")[^"\\]*)*"?'
+    rb"|/\*(?!!).*?(?:\*/|$)|--(?:\s[^\n]*|$)|#[^\n]*",
+    re.S,
+)
+
+
+def _mask(sql: bytes) -> tuple[bytes, bytes]:
+    """Return (masked, plain): `masked` has string contents replaced by 'x' and comments by
+    spaces, `plain` only has comments blanked. Both keep every offset of `sql`."""
+
+    def masked(m: re.Match[bytes]) -> bytes:
+        tok = m.group(0)
+        if tok[:1] in (b"'", b'"'):
+            return tok[:1] + b"x" * (len(tok) - 2) + tok[-1:] if len(tok) >= 2 else tok
+        return b" " * len(tok)
+
+    def plain(m: re.Match[bytes]) -> bytes:
+        tok = m.group(0)
+        return tok if tok[:1] in (b"'", b'"') else b" " * len(tok)
+
+    return _LEXEMES.sub(masked, sql), _LEXEMES.sub(plain, sql)
+
+
 def analyse(sql: bytes) -> Analysis:
     """Classify one COM_QUERY text (see the module docstring)."""
     result = Analysis()
-    low = sql.lower()
-    if not _TRIGGERS.search(low):
+    if not _TRIGGERS.search(sql.lower()):
         return result
-    text = _COMMENT.sub(b" ", sql)
-    if _USER_VAR.search(text):
-        result.pin = PinReason.USER_VARIABLE
+    text, plain = _mask(sql)
+    reason = _pin_reason(text)
+    if reason:
+        result.pin = reason
         return result
-    if _LOCK_FUNCS.search(text):
-        result.pin = PinReason.GET_LOCK
-        return result
-    if _SESSION_FUNCS.search(text):
-        result.pin = PinReason.SESSION_FUNCTION
-        return result
-    if _TEMP.search(text):
-        result.pin = PinReason.TEMP_TABLE
-        return result
-    for stmt in _split(text):
+    start = 0
+    for piece in text.split(b";"):
+        end = start + len(piece)
+        stmt = piece.strip()
+        original = plain[start:end].strip()
+        start = end + 1
+        if not stmt:
+            continue
         if _LOCK_TABLES.match(stmt):
             result.pin = PinReason.LOCK_TABLES
             return result
@@ -144,14 +163,14 @@ def analyse(sql: bytes) -> Analysis:
         if _HANDLER.match(stmt):
             result.pin = PinReason.UNRECOGNISED_SET
             return result
-        m = _USE.match(stmt)
+        m = _USE.match(original)
         if m:
             name = m.group(1)
             if name.startswith(b"`"):
                 name = name[1:-1].replace(b"``", b"`")
             result.use = name.decode("utf-8", "replace")
             continue
-        m = _SET.match(stmt)
+        m = _SET.match(original)
         if m:
             reason = _analyse_set(m.group(1), result)
             if reason:
