@@ -41,6 +41,8 @@ class ListenerRuntime:
         self.client_results: dict[str, int] = {}
         self.pins: dict[str, int] = {}
         self._verifiers: dict[tuple[str, str], scram.ScramVerifier] = {}
+        #: (parameter, value as a client sent it) -> the server's canonical spelling.
+        self.canonical_params: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property

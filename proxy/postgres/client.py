@@ -32,6 +32,7 @@ from .codec import (
     MSG_COPY_DONE,
     MSG_COPY_FAIL,
     MSG_EXECUTE,
+    MSG_FLUSH,
     MSG_PARSE,
     MSG_PASSWORD,
     MSG_QUERY,
@@ -58,6 +59,7 @@ _FRONTEND_INTERESTING = (MSG_QUERY, MSG_PARSE, MSG_SYNC, MSG_TERMINATE, _MSG_FUN
 _MAX_ANALYSED = 64 * 1024
 _MAX_BUFFER_WHILE_WAITING = 256 * 1024
 _PARSE_VERDICTS: dict[bytes, str | None] = {}
+_FLUSH = codec.message(b"H")
 _MISSING: Any = object()
 _IGNORED_STARTUP = frozenset(("extra_float_digits",))
 
@@ -109,7 +111,8 @@ class ClientConnection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self.scanner = codec.MessageScanner(_FRONTEND_INTERESTING, keep_body=(MSG_QUERY, MSG_PARSE),
-                                            max_body=_MAX_ANALYSED)
+                                            max_body=_MAX_ANALYSED, transparent=MSG_FLUSH)
+        self.copy_ends_early = 0  # CopyDone/CopyFail sent before the server's CopyInResponse
         self._tracked = tracked_lower()
         # login state
         self._startup: codec.StartupReader | None = codec.StartupReader()
@@ -324,11 +327,27 @@ class ClientConnection(asyncio.Protocol):
         self.session_mode = pool.settings.pool_mode == "session"
         self.statement_mode = pool.settings.pool_mode == "statement"
         if pool.server_params is not None:
-            self._finish_login()
-        else:
-            self.listener.spawn(self._fetch_server_params(pool))
+            self._check_startup_params(pool.server_params)
+            if not self._uncanonical(pool.server_params):
+                self._finish_login()
+                return
+        self.listener.spawn(self._prepare_login(pool))
 
-    async def _fetch_server_params(self, pool: Pool) -> None:
+    def _check_startup_params(self, reported: dict[str, str]) -> None:
+        for key in self._startup_params:
+            if key not in reported:
+                raise FeatureNotSupported(
+                    f"unsupported startup parameter: {key} (this server does not report it, so "
+                    "poolproxy cannot keep it per client)",
+                    hint="set it with SET LOCAL inside transactions, or use session pool_mode")
+
+    def _uncanonical(self, reported: dict[str, str]) -> dict[str, str]:
+        """Startup values the server has not yet shown us in its canonical spelling."""
+        canon = self.listener.canonical_params
+        return {k: v for k, v in self._startup_params.items()
+                if reported.get(k) != v and (k, v) not in canon}
+
+    async def _borrow(self, pool: Pool) -> ServerConnection | None:
         waiter = _ParamsWaiter(self.loop)
         server = pool.checkout(waiter)
         try:
@@ -339,14 +358,49 @@ class ClientConnection(asyncio.Protocol):
             self.listener.count_result("auth_failed" if exc.sqlstate.startswith("28")
                                        else "protocol_error")
             self.fail(exc)
-            return
+            return None
         except TimeoutError:
             pool.cancel_wait(waiter)
             self.fail(ServerConnectionLost("timed out waiting for a server connection at login"))
+            return None
+        return server
+
+    async def _prepare_login(self, pool: Pool) -> None:
+        """Learn the server's parameters (first client of a pool) and have the server
+        canonicalise and validate this client's startup values (cached per listener), so
+        the client sees exactly the ParameterStatus a direct connection would show."""
+        server = await self._borrow(pool)
+        if server is None:
             return
-        assert server is not None
         if pool.server_params is None:
             pool.server_params = dict(server.params)
+        try:
+            self._check_startup_params(pool.server_params)
+        except ProxyError as exc:
+            pool.checkin(server)
+            self.listener.count_result("protocol_error")
+            self.fail(exc)
+            return
+        pending = self._uncanonical(pool.server_params)
+        if pending:
+            try:
+                errors = await server.run_internal(sync_sql(pending))
+            except ProxyError as exc:
+                pool.discard(server, CloseReason.SERVER_ERROR)
+                self.fail(exc)
+                return
+            server.param_sig = None
+            if errors:
+                pool.checkin(server) if server.tx_status == _I else pool.discard(
+                    server, CloseReason.SERVER_ERROR)
+                err = errors[0]
+                self.listener.count_result("protocol_error")
+                self.fail(ProxyError(err.get("M", "invalid startup parameter"),
+                                     sqlstate=err.get("C", "22023"), hint=err.get("H")))
+                return
+            canon = self.listener.canonical_params
+            for key, value in pending.items():
+                canon[(key, value)] = server.params.get(key, value)
         pool.checkin(server)
         if self.transport is not None and not self.transport.is_closing():
             self._finish_login()
@@ -356,9 +410,15 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         assert self.pool is not None and self.transport is not None
-        params = dict(self.pool.server_params or {})
-        params.update(self._startup_params)
+        reported = self.pool.server_params or {}
+        params = dict(reported)
+        canon = self.listener.canonical_params
+        for key, value in self._startup_params.items():
+            params[key] = canon.get((key, value), value)
         self.params = params
+        # Only what this server reports can be tracked (search_path is reported from
+        # PostgreSQL 18 on); SET of anything else pins.
+        self._tracked = tracked_lower(reported)
         out = [codec.parameter_status(k, v) for k, v in params.items()]
         self.key = self.listener.register_cancel_key(self)
         out.append(codec.backend_key_data(*self.key))
@@ -389,6 +449,8 @@ class ClientConnection(asyncio.Protocol):
         self.unsynced = self.scanner.last not in _SYNC_POINTS
         server = self.server
         if server is None:
+            if data[:1] == b"H" and data == _FLUSH * (len(data) // 5):
+                return  # a Flush with nothing outstanding has no answer: no server needed
             if self.state is ClientState.WAITING:
                 self._buffer_while_waiting(data)
                 return
@@ -444,7 +506,12 @@ class ClientConnection(asyncio.Protocol):
             elif t == MSG_EXECUTE:
                 self.syncs_since_exec = 0
             elif t == MSG_COPY_DONE or t == MSG_COPY_FAIL:
-                self.copy_mode = False
+                if self.copy_mode:
+                    self.copy_mode = False
+                else:
+                    # Sent without waiting for CopyInResponse (asyncpg does): the copy it
+                    # ends is already over when that response arrives.
+                    self.copy_ends_early += 1
             elif t == _MSG_FUNCTION_CALL:
                 self.pending += 1
             elif t == MSG_TERMINATE:
@@ -456,9 +523,12 @@ class ClientConnection(asyncio.Protocol):
     def enter_copy_in(self) -> None:
         """The server entered COPY FROM STDIN: it now ignores Sync until CopyDone/CopyFail, and
         also ignored the Syncs the client already sent after the Execute that started COPY."""
-        self.copy_mode = True
         self.pending -= self.syncs_since_exec
         self.syncs_since_exec = 0
+        if self.copy_ends_early:
+            self.copy_ends_early -= 1
+        else:
+            self.copy_mode = True
 
     def _pin(self, reason: str) -> None:
         self.pinned = reason

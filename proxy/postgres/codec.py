@@ -74,11 +74,15 @@ class MessageScanner:
     """
 
     __slots__ = ("interesting", "keep_body", "max_body", "_skip", "_hdr", "_cur", "_buf", "_need",
-                 "_trunc", "max_message", "last")
+                 "_trunc", "max_message", "last", "transparent")
 
     def __init__(self, interesting: Iterable[int], keep_body: Iterable[int] = (),
-                 max_body: int = 1 << 20, max_message: int = MAX_MESSAGE) -> None:
+                 max_body: int = 1 << 20, max_message: int = MAX_MESSAGE,
+                 transparent: int = -1) -> None:
         self.interesting = frozenset(interesting)
+        #: A message type that does not update `last` (the frontend's Flush: it asks for
+        #: output but changes nothing about what the client has synced).
+        self.transparent = transparent
         self.keep_body = frozenset(keep_body)
         self.max_body = max_body
         self.max_message = max_message
@@ -118,7 +122,9 @@ class MessageScanner:
             hdr = self._hdr + data[:need]
             self._hdr = b""
             pos = need
-            t = self.last = hdr[0]
+            t = hdr[0]
+            if t != self.transparent:
+                self.last = t
             length = _unpack_i32(hdr, 1)[0]
             if length < 4 or length > self.max_message:
                 raise ProtocolError(f"invalid message length {length} for type {chr(t)!r}")
@@ -141,11 +147,14 @@ class MessageScanner:
         keep = self.keep_body
         max_message = self.max_message
         last = -1
+        transparent = self.transparent
         while pos < n:
             if n - pos < 5:
                 self._hdr = bytes(data[pos:])
                 break
-            t = last = data[pos]
+            t = data[pos]
+            if t != transparent:
+                last = t
             length = _unpack_i32(data, pos + 1)[0]
             if length < 4 or length > max_message:
                 raise ProtocolError(f"invalid message length {length} for type {chr(t)!r}")

@@ -22,9 +22,12 @@ def canonical_param(name: str) -> str | None:
     return _CANONICAL.get(name.lower())
 
 
-def tracked_lower() -> frozenset[str]:
-    """Lower-case names whose SET is safe in transaction mode (see statements.classify)."""
-    return frozenset(_CANONICAL)
+def tracked_lower(reported: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Lower-case names whose SET is safe in transaction mode (see statements.classify): the
+    replayable parameters, limited to those the server reports when `reported` is given."""
+    if reported is None:
+        return frozenset(_CANONICAL)
+    return frozenset(name.lower() for name in SYNC_PARAMS if name in reported)
 
 
 def _literal(value: str) -> str:

@@ -25,6 +25,9 @@ _SET_CONFIG = re.compile(rb"set_config\s*\(\s*'([^']*)'\s*,[^,]*,\s*(true|false)
 _ADVISORY = re.compile(rb"pg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNORECASE)
 _WORD = re.compile(rb"[A-Za-z_][A-Za-z0-9_$]*|\"(?:[^\"]|\"\")*\"")
 
+#: Settings whose leak to another client changes only performance, never results: asyncpg
+#: switches jit off around its type introspection and back with set_config(..., false).
+_HARMLESS = frozenset(("jit",))
 #: Aliases the SET grammar accepts for reported parameters.
 _SET_ALIASES = {"time zone": "timezone", "names": "client_encoding"}
 
@@ -65,7 +68,8 @@ def classify(sql: bytes, tracked: frozenset[str]) -> str | None:
         return None
     reason: str | None = None
     for m in _SET_CONFIG.finditer(sql):
-        if m.group(2).lower() == b"false" and m.group(1).decode("utf-8", "replace").lower() not in tracked:
+        name = m.group(1).decode("utf-8", "replace").lower()
+        if m.group(2).lower() == b"false" and name not in tracked and name not in _HARMLESS:
             return PinReason.SET
     if _ADVISORY.search(sql):
         return PinReason.ADVISORY_LOCK
@@ -101,12 +105,14 @@ def _classify_statement(stmt: bytes, tracked: frozenset[str]) -> str | None:
         if name == "time" and len(rest) > 1 and rest[1] == "zone":
             name = "time zone"
         name = _SET_ALIASES.get(name, name)
-        return None if name in tracked else PinReason.SET
+        return None if name in tracked or name in _HARMLESS else PinReason.SET
     if first == "reset":
         name = words[1] if len(words) > 1 else ""
         if name == "time" and len(words) > 2 and words[2] == "zone":
             name = "timezone"
-        return None if name in tracked else PinReason.SET
+        # RESET ALL removes state; what it changes that matters is reported by ParameterStatus
+        # (a client with unreported state is pinned already).
+        return None if name in tracked or name == "all" or name in _HARMLESS else PinReason.SET
     if first == "listen":
         return PinReason.LISTEN
     if first == "declare":
@@ -115,6 +121,8 @@ def _classify_statement(stmt: bytes, tracked: frozenset[str]) -> str | None:
         if len(words) > 1 and (words[1] in ("temp", "temporary") or (
                 words[1] in ("global", "local") and len(words) > 2
                 and words[2] in ("temp", "temporary"))):
+            if re.search(rb"\bon\s+commit\s+drop\b", stmt, re.I):
+                return None  # gone when the transaction ends
             return PinReason.TEMP_TABLE
         return None
     if first == "prepare":
