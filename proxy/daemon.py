@@ -67,6 +67,7 @@ class Daemon:
         self._tasks.append(asyncio.ensure_future(janitor.run()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info("poolproxy %s started with %d listener(s)", __version__, len(self.listeners))
 
     def _make_listener(self, lcfg: ListenerConfig,
@@ -99,6 +100,40 @@ class Daemon:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             log.info("listener %s (%s) on %s -> %s", lcfg.name, lcfg.protocol,
                      lcfg.listen_address, lcfg.server)
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply pool settings, users and databases in place.
+
+        Clients stay connected. An invalid file is rejected (logged with its key path) and the
+        running config is kept. Listen addresses and servers need a restart (logged)."""
+        from .config import ConfigError, load_config
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload rejected, keeping the running config: %s", exc)
+            return False
+        by_name = {lcfg.name: lcfg for lcfg in new.listeners}
+        for rt in self.listeners:
+            lcfg = by_name.get(rt.name)
+            if lcfg is None:
+                log.warning("listener %s is gone from the config; it keeps running until restart",
+                            rt.name)
+                continue
+            old = rt.config
+            if (lcfg.protocol, lcfg.listen_host, lcfg.listen_port) != (
+                    old.protocol, old.listen_host, old.listen_port) or lcfg.server != old.server:
+                log.warning("listener %s: listen address, protocol or server changed; "
+                            "that takes a restart", rt.name)
+            rt.config = lcfg
+            for pool in rt.pools.values():
+                pool.settings = lcfg.settings_for(lcfg.database(pool.database), lcfg.user(pool.user))
+                pool.reconfigured()
+        for lcfg in new.listeners:
+            if lcfg.name not in {rt.name for rt in self.listeners}:
+                log.warning("new listener %s needs a restart to start listening", lcfg.name)
+        self.config = new
+        log.info("configuration reloaded from %s", new.source)
+        return True
 
     def request_stop(self) -> None:
         self._signals += 1

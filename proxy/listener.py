@@ -61,9 +61,11 @@ class ListenerRuntime:
             ucfg = cfg.user(user)
             settings = cfg.settings_for(dbcfg, ucfg)
             server_db = cfg.server_dbname(database) or database
-            password = ucfg.password if ucfg is not None else None
 
             def connect(p: Pool) -> Awaitable[Any]:
+                # Read the password at each open, so a reloaded config applies.
+                current = self.config.user(user)
+                password = current.password if current is not None else None
                 return self.opener(self, p, server_db, user, password)
 
             pool = Pool(cfg.name, database, user, settings, connect, self.clock)

@@ -50,6 +50,14 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], counts: list[in
     family.add_metric(labels, buckets, total)
 
 
+def _sum_buckets(hists: Iterable[list[int]]) -> list[int]:
+    total = [0] * (len(BUCKETS) + 1)
+    for hist in hists:
+        for i, n in enumerate(hist):
+            total[i] += n
+    return total
+
+
 def pool_client_states(listeners: Iterable[ListenerRuntime]) -> dict[int, dict[str, int]]:
     """Clients per pool (keyed by id(pool)) and state."""
     out: dict[int, dict[str, int]] = {}
@@ -89,15 +97,28 @@ class PoolproxyCollector(Collector):
         waiting = GaugeMetricFamily("poolproxy_max_wait_seconds",
                                     "Age of the oldest client waiting for a server",
                                     labels=list(POOL_LABELS))
+        # MySQL splits a (database, user) pool by client capabilities; metrics label only by
+        # (listener, database, user), so such variants are summed into one series.
+        groups: dict[tuple[str, ...], list[Pool]] = {}
         for pool in pools:
-            labels = _pool_labels(pool)
-            counts = client_states.get(id(pool), dict.fromkeys(CLIENT_STATES, 0))
+            groups.setdefault(tuple(_pool_labels(pool)), []).append(pool)
+        for key, group in groups.items():
+            labels = list(key)
+            ccount = dict.fromkeys(CLIENT_STATES, 0)
+            scount = dict.fromkeys(SERVER_STATES, 0)
+            max_wait = 0.0
+            for pool in group:
+                for state, n in client_states.get(id(pool), {}).items():
+                    ccount[state] += n
+                snap = pool.snapshot()
+                for state in SERVER_STATES:
+                    scount[state] += snap["servers"].get(state, 0)
+                max_wait = max(max_wait, snap["max_wait"])
             for state in CLIENT_STATES:
-                clients.add_metric([*labels, state], counts[state])
-            snap = pool.snapshot()
+                clients.add_metric([*labels, state], ccount[state])
             for state in SERVER_STATES:
-                servers.add_metric([*labels, state], snap["servers"].get(state, 0))
-            waiting.add_metric(labels, snap["max_wait"])
+                servers.add_metric([*labels, state], scount[state])
+            waiting.add_metric(labels, max_wait)
         yield clients
         yield servers
         yield waiting
@@ -119,19 +140,21 @@ class PoolproxyCollector(Collector):
                                      labels=[*POOL_LABELS, "reason"])
         nbytes = CounterMetricFamily("poolproxy_bytes", "Bytes forwarded",
                                      labels=[*POOL_LABELS, "direction"])
-        for pool in pools:
-            labels = _pool_labels(pool)
-            st = pool.stats
-            _histogram(wait_h, labels, st.wait_hist, st.wait_time_total)
-            _histogram(xact_h, labels, st.xact_hist, st.xact_time_total)
-            xacts.add_metric(labels, st.transactions)
-            queries.add_metric(labels, st.queries)
-            opened.add_metric(labels, st.opened)
+        for key, group in groups.items():
+            labels = list(key)
+            stats = [p.stats for p in group]
+            _histogram(wait_h, labels, _sum_buckets(st.wait_hist for st in stats),
+                       sum(st.wait_time_total for st in stats))
+            _histogram(xact_h, labels, _sum_buckets(st.xact_hist for st in stats),
+                       sum(st.xact_time_total for st in stats))
+            xacts.add_metric(labels, sum(st.transactions for st in stats))
+            queries.add_metric(labels, sum(st.queries for st in stats))
+            opened.add_metric(labels, sum(st.opened for st in stats))
             for close_reason in CloseReason:
                 closed.add_metric([*labels, close_reason.value],
-                                  st.closed.get(close_reason.value, 0))
-            nbytes.add_metric([*labels, "client_to_server"], st.bytes_in)
-            nbytes.add_metric([*labels, "server_to_client"], st.bytes_out)
+                                  sum(st.closed.get(close_reason.value, 0) for st in stats))
+            nbytes.add_metric([*labels, "client_to_server"], sum(st.bytes_in for st in stats))
+            nbytes.add_metric([*labels, "server_to_client"], sum(st.bytes_out for st in stats))
         yield from (wait_h, xact_h, xacts, queries, opened, closed, nbytes)
 
         conns = CounterMetricFamily("poolproxy_client_connections",
@@ -160,9 +183,10 @@ class PoolproxyCollector(Collector):
         for name in CONFIG_GAUGES:
             gauge = GaugeMetricFamily(f"poolproxy_{name}", f"Configured {name} (effective value)",
                                       labels=list(POOL_LABELS))
-            for pool in pools:
+            for key, group in groups.items():
+                pool = group[0]
                 value: Any = getattr(pool.settings, name)
                 if self.effective is not None:
                     value = self.effective(pool).get(name, value)
-                gauge.add_metric(_pool_labels(pool), float(value))
+                gauge.add_metric(list(key), float(value))
             yield gauge

@@ -185,6 +185,13 @@ class Pool:
             return
         self._hand_out(server)
 
+    def reconfigured(self) -> None:
+        """Settings changed (reload): trim idle servers over a smaller pool_size now, open
+        for waiters if it grew; busy servers over the limit close when they come back."""
+        while self.idle and self.total > self.limit:
+            self._close(self.idle.popleft(), CloseReason.CONFIG_RELOAD)
+        self._maybe_open()
+
     def transaction_done(self, duration: float) -> None:
         stats = self.stats
         stats.transactions += 1
@@ -298,6 +305,8 @@ class Pool:
         if self.server_params is None and getattr(server, "params", None) is not None:
             self.server_params = dict(server.params)
         self._hand_out(server)
+        # A concurrent open may have failed and backed off while this one was in flight.
+        self._maybe_open()
 
     def _fail_waiters(self, exc: ProxyError) -> None:
         waiters, self.waiters = self.waiters, deque()

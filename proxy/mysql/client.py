@@ -42,6 +42,7 @@ SEMANTIC_CAPS = (codec.CLIENT_FOUND_ROWS | codec.CLIENT_MULTI_STATEMENTS | codec
 OFFERED_CAPS = BASE_CAPS | SEMANTIC_CAPS | codec.CLIENT_CONNECT_WITH_DB
 #: Larger client packets are refused (MySQL's own default max_allowed_packet is 16-64 MiB).
 MAX_CLIENT_PACKET = 64 << 20
+MAX_LOGIN_PACKET = 64 << 10
 DEFAULT_VERSION = "5.5.5-10.11.0-MariaDB-poolproxy"
 
 _IN_TRANS = codec.SERVER_STATUS_IN_TRANS
@@ -78,6 +79,8 @@ class ClientConnection(asyncio.Protocol):
         self.listener = listener
         self.loop = listener.loop
         self.transport: asyncio.Transport | None = None
+        self._throttled: ServerConnection | None = None  # server whose reading we paused
+        self._backpressured = False  # our reading paused because the server can't keep up
         self.state = ClientState.LOGIN
         self.peer = "?"
         self.user = ""
@@ -100,7 +103,8 @@ class ClientConnection(asyncio.Protocol):
         self._analysis: Analysis | None = None
         self._init_db: str | None = None
         self._resetting = False
-        self._reader = codec.PacketReader(max_packet=MAX_CLIENT_PACKET)
+        # Until the client is authenticated, a login packet is all it may send: keep it small.
+        self._reader = codec.PacketReader(max_packet=MAX_LOGIN_PACKET)
         self._nonce = _nonce()
         self._login_step = "response"
         self._auth_seq = 0
@@ -131,7 +135,26 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer = self.loop.call_later(timeout, self._login_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._resume_server()
         self._disconnect()
+
+    # Backpressure: while this client's socket is over its write high-water mark, stop
+    # reading from its server, so a client that does not read never makes us buffer a result.
+    def pause_writing(self) -> None:
+        server = self.server
+        if server is not None and server.transport is not None:
+            self._throttled = server
+            server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._resume_server()
+
+    def _resume_server(self) -> None:
+        server = self._throttled
+        if server is not None:
+            self._throttled = None
+            if server.transport is not None and not server.transport.is_closing():
+                server.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -286,6 +309,7 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         self.state = ClientState.IDLE
+        self._reader.max_packet = MAX_CLIENT_PACKET
         assert self.pool is not None
         self.pool.clients += 1
         self.listener.count_result("accepted")
@@ -398,7 +422,8 @@ class ClientConnection(asyncio.Protocol):
             self._send(server, cmd, data)
         if self._paused:
             self._paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+            if not self._backpressured:
+                self.transport.resume_reading()  # type: ignore[union-attr]
 
     async def _replay_then_send(self, server: ServerConnection, sql: str | None) -> None:
         """Bring the server's session to this client's state, then send its command."""
@@ -461,13 +486,20 @@ class ClientConnection(asyncio.Protocol):
                 self.vars = {}
                 self.pinned = None
                 server.vars = {"names": "NAMES DEFAULT"}
-        if self.pinned is not None or self.session_mode or self.infile or server.in_transaction():
+        if self.infile or server.in_transaction():
             return
+        pool = self.pool
+        assert pool is not None
+        now = pool.clock()
+        pool.transaction_done(now - self.xact_started)
+        if self.pinned is not None or self.session_mode:
+            self.xact_started = now
+            return
+        self._resume_server()
         self.server = None
         server.client = None
         self.state = ClientState.IDLE
-        self.pool.transaction_done(self.pool.clock() - self.xact_started)  # type: ignore[union-attr]
-        self.pool.checkin(server)  # type: ignore[union-attr]
+        pool.checkin(server)
 
     def server_lost(self, server: ServerConnection) -> None:
         self.server = None

@@ -35,8 +35,8 @@ class Analysis:
     use: str | None = None
 
 
-_TRIGGERS = re.compile(rb"set|@|temporary|lock|prepare|use|last_insert_id|found_rows|row_count"
-                       rb"|sql_calc_found_rows|handler")
+_TRIGGERS = re.compile(rb"set|@|temporary|lock|prepare|execute|use|last_insert_id|found_rows"
+                       rb"|row_count|sql_calc_found_rows|handler|/\*m?!")
 _USER_VAR = re.compile(rb"(?<![@\w])@(?!@)[\w$.`'\"]")
 _LOCK_FUNCS = re.compile(rb"\b(?:get_lock|release_lock|release_all_locks)\s*\(", re.I)
 _SESSION_FUNCS = re.compile(rb"\b(?:last_insert_id|found_rows|row_count)\s*\(\s*\)|\bsql_calc_found_rows\b",
@@ -70,11 +70,14 @@ _NAMES = re.compile(rb"^\s*(?:names|character\s+set|charset)\b", re.I)
 # One `[SESSION|LOCAL|@@session.|@@local.|@@]name = value` assignment; value: a literal, number,
 # identifier, DEFAULT, ON/OFF -- not an expression (those we cannot safely replay).
 _ASSIGN = re.compile(
-    rb"^\s*(?:(?:session|local)\s+|@@(?:session\.|local\.)?)?(global\s+|@@global\.|persist\s+|persist_only\s+)?"
+    rb"^\s*(session\s+|local\s+|global\s+|persist\s+|persist_only\s+"
+    rb"|@@session\.|@@local\.|@@global\.|@@persist\.|@@persist_only\.|@@)?"
     rb"`?([a-z_][a-z0-9_]*)`?\s*(?::=|=)\s*"
     rb"('(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|-?\d+(?:\.\d+)?|[a-z_][a-z0-9_]*)\s*$",
     re.I | re.S,
 )
+#: MySQL/MariaDB executable comments: the server runs their body (/*!50003 ... */, /*M!100100 ...*/).
+_EXEC_COMMENT = re.compile(rb"/\*M?!\d*(.*?)\*/", re.S)
 #: Session variables a client may set that we do not replay because poolproxy owns them.
 _NOT_REPLAYED = frozenset(("autocommit",))
 _CHARSET_VARS = frozenset(("character_set_client", "character_set_connection",
@@ -141,6 +144,8 @@ def analyse(sql: bytes) -> Analysis:
     result = Analysis()
     if not _TRIGGERS.search(sql.lower()):
         return result
+    if b"/*" in sql:
+        sql = _EXEC_COMMENT.sub(lambda m: b" " + m.group(1) + b" ", sql)
     text, plain = _mask(sql)
     reason = _pin_reason(text)
     if reason:
@@ -203,6 +208,7 @@ def _analyse_set(body: bytes, result: Analysis) -> str | None:
             return PinReason.UNRECOGNISED_SET
         # SET TRANSACTION without scope applies to the next transaction only: keep the server.
         return PinReason.TRANSACTION_NEXT
+    scope_global = False  # a GLOBAL/SESSION keyword carries over to later assignments
     for part in _split_assignments(body):
         part = part.strip()
         if _NAMES.match(part):
@@ -214,7 +220,14 @@ def _analyse_set(body: bytes, result: Analysis) -> str | None:
         m = _ASSIGN.match(part)
         if not m:
             return PinReason.UNRECOGNISED_SET
-        if m.group(1):  # SET GLOBAL / PERSIST: not session state
+        scope = (m.group(1) or b"").strip().lower()
+        if scope in (b"global", b"persist", b"persist_only"):
+            scope_global = True
+        elif scope in (b"session", b"local"):
+            scope_global = False
+        this_global = scope_global if not scope.startswith(b"@@") else scope in (
+            b"@@global.", b"@@persist.", b"@@persist_only.")
+        if this_global:  # SET GLOBAL / PERSIST: not session state
             continue
         name = m.group(2).decode().lower()
         if name in _NOT_REPLAYED:
@@ -233,16 +246,20 @@ def replay_sql(target: dict[str, str], current: dict[str, str],
     """The SET that turns a server's tracked variables `current` into a client's `target`.
 
     `names_default` restores the character set the server connection logged in with (plain
-    NAMES DEFAULT would use the server's global default instead)."""
+    NAMES DEFAULT would use the server's global default instead). NAMES resets the individual
+    character-set variables, so when any of them differs, NAMES goes first and the client's
+    own character-set variables are set again after it."""
     parts: list[str] = []
+    charset_keys = _CHARSET_VARS | {"names"}
+    if any(current.get(k) != target.get(k) for k in charset_keys):
+        parts.append(target.get("names", names_default))
+        parts.extend(target[k] for k in sorted(_CHARSET_VARS) if k in target)
     for key in current:
-        if key not in target:
-            parts.append(names_default if key == "names" else f"@@session.{key} = DEFAULT")
+        if key not in target and key not in charset_keys:
+            parts.append(f"@@session.{key} = DEFAULT")
     for key, text in target.items():
-        if current.get(key) != text:
+        if key not in charset_keys and current.get(key) != text:
             parts.append(text)
     if not parts:
         return None
-    # NAMES must come first: it resets the individual character-set variables.
-    parts.sort(key=lambda p: not p.startswith("NAMES"))
     return "SET " + ", ".join(parts)

@@ -88,6 +88,8 @@ class ClientConnection(asyncio.Protocol):
         self.listener = listener
         self.loop = listener.loop
         self.transport: asyncio.Transport | None = None
+        self._throttled: ServerConnection | None = None  # server whose reading we paused
+        self._backpressured = False  # our reading paused because the server can't keep up
         self.state = ClientState.LOGIN
         self.peer = "?"
         self.user = ""
@@ -145,7 +147,26 @@ class ClientConnection(asyncio.Protocol):
             self._client_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._resume_server()
         self._disconnect()
+
+    # Backpressure: while this client's socket is over its write high-water mark, stop
+    # reading from its server, so a client that does not read never makes us buffer a result.
+    def pause_writing(self) -> None:
+        server = self.server
+        if server is not None and server.transport is not None:
+            self._throttled = server
+            server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._resume_server()
+
+    def _resume_server(self) -> None:
+        server = self._throttled
+        if server is not None:
+            self._throttled = None
+            if server.transport is not None and not server.transport.is_closing():
+                server.transport.resume_reading()
 
     # ------------------------------------------------------------------ errors
     def fail(self, exc: ProxyError, fatal: bool = True) -> None:
@@ -569,7 +590,8 @@ class ClientConnection(asyncio.Protocol):
         server.transport.write(data)  # type: ignore[union-attr]
         if self._paused:
             self._paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+            if not self._backpressured:
+                self.transport.resume_reading()  # type: ignore[union-attr]
 
     def on_pool_error(self, exc: ProxyError) -> None:
         self._buffer.clear()
@@ -581,21 +603,27 @@ class ClientConnection(asyncio.Protocol):
     def maybe_release(self) -> None:
         """Called on ReadyForQuery 'I' with nothing owed: give the server back if it is safe."""
         self.pending = 0
-        if (self.pinned is not None or self.session_mode or self.unsynced or self.copy_mode
-                or self.scanner.in_message):
+        if self.unsynced or self.copy_mode or self.scanner.in_message:
+            return
+        pool = self.pool
+        assert pool is not None
+        now = pool.clock()
+        pool.transaction_done(now - self.xact_started)
+        if self.pinned is not None or self.session_mode:
+            self.xact_started = now  # the server stays; the next transaction starts now
             return
         server = self.server
-        assert server is not None and self.pool is not None
+        assert server is not None
+        self._resume_server()
         self.server = None
         server.client = None
         self.state = ClientState.IDLE
-        self.pool.transaction_done(self.pool.clock() - self.xact_started)
         if server.cancels_in_flight:
             # A cancel for this client's query may still reach the server: never let it hit
             # the next client's query. The server goes back when the cancel is done.
             server.release_when_cancelled = True
             return
-        self.pool.checkin(server)
+        pool.checkin(server)
 
     def check_statement_mode(self, status: int) -> None:
         if self.statement_mode and status != _I:

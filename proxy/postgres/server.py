@@ -47,6 +47,7 @@ class ServerConnection(asyncio.Protocol):
         self.dbname = dbname
         self.loop = loop
         self.transport: asyncio.Transport | None = None
+        self._throttled_client: ClientConnection | None = None
         self.state = ServerState.LOGIN
         self.client: ClientConnection | None = None
         self.params: dict[str, str] = {}
@@ -184,6 +185,22 @@ class ServerConnection(asyncio.Protocol):
             self.pool.discard(self, CloseReason.SERVER_ERROR)
         elif was is ServerState.IDLE:
             self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None and client.transport is not None:
+            client._backpressured = True
+            client.transport.pause_reading()
+            self._throttled_client = client
+
+    def resume_writing(self) -> None:
+        client = self._throttled_client
+        if client is not None:
+            self._throttled_client = None
+            client._backpressured = False
+            if client.transport is not None and not client.transport.is_closing() \
+                    and not getattr(client, "_paused", False):
+                client.transport.resume_reading()
 
     # ------------------------------------------------------------------ control
     def write(self, data: bytes) -> None:
