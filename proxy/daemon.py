@@ -23,12 +23,28 @@ from .pool import CloseReason, Pool
 log = logging.getLogger("poolproxy.daemon")
 
 
+async def _align(pool: Pool, server: Any, what: str) -> None:
+    """On a pool's first connection, learn the database's own idle limit and stay below it."""
+    if pool.db_idle_limit is not None or getattr(pool, "_aligned", False):
+        return
+    pool._aligned = True  # type: ignore[attr-defined]
+    try:
+        limit = await server.idle_limit()
+    except Exception as exc:  # the check is advisory: never fail a login over it
+        log.debug("%r: could not read %s: %s", pool, what, exc)
+        return
+    if limit:
+        pool.align_idle_limit(limit, what)
+
+
 async def _pg_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
                      password: str | None) -> Any:
     from .postgres.server import open_server
     srv = rt.config.server
-    return await open_server(pool, srv.host, srv.port, user, password, dbname,
-                             pool.settings.server_connect_timeout)
+    server = await open_server(pool, srv.host, srv.port, user, password, dbname,
+                               pool.settings.server_connect_timeout)
+    await _align(pool, server, "idle_session_timeout")
+    return server
 
 
 async def _mysql_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
@@ -40,6 +56,7 @@ async def _mysql_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
                                charset, pool.settings.server_connect_timeout)
     if rt.greeting is None:
         rt.greeting = server.handshake
+    await _align(pool, server, "wait_timeout")
     return server
 
 
@@ -63,7 +80,8 @@ class Daemon:
             rt = self._make_listener(lcfg, loop)
             if rt is not None:
                 self.listeners.append(rt)
-        janitor = Janitor(self.pools, self.clock)
+        janitor = Janitor(self.pools, self.clock,
+                          clients=lambda: [c for rt in self.listeners for c in rt.clients])
         self._tasks.append(asyncio.ensure_future(janitor.run()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)

@@ -70,8 +70,24 @@ class ListenerRuntime:
 
             pool = Pool(cfg.name, database, user, settings, connect, self.clock)
             pool.variant = variant
+            pool.db_has_room = lambda: self._db_has_room(pool)
             self.pools[key] = pool
         return pool
+
+    def _db_has_room(self, pool: Pool) -> bool:
+        """max_db_connections: servers to one database over all its users' pools. When the
+        cap is reached, an idle server of another pool of that database makes room."""
+        cap = pool.settings.max_db_connections
+        if cap <= 0:
+            return True
+        same = [p for p in self.pools.values() if p.database == pool.database]
+        if sum(p.total for p in same) < cap:
+            return True
+        for other in same:
+            if other is not pool and other.idle:
+                other.discard(other.idle[0], CloseReason.POOL_LIMIT)
+                return True
+        return False
 
     # ------------------------------------------------------------------ clients
     def client_connected(self, client: Any) -> None:

@@ -130,25 +130,73 @@ class Pool:
         self.closed = False
         #: Protocol-specific split of the pool (MySQL: capability flags, charset); None for PG.
         self.variant: Any = None
+        self.testing: set[Any] = set()
+        #: Set by the listener: True while max_db_connections leaves room for one more.
+        self.db_has_room: Callable[[], bool] = lambda: True
+        #: server_idle_timeout lowered below the database's own idle limit (None: as configured).
+        self.idle_timeout_cap: float | None = None
+        self.db_idle_limit: float | None = None
+        self._lifetime_budget = max(1, settings.pool_size // 8)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ accounting
     @property
     def total(self) -> int:
-        return len(self.idle) + len(self.active) + self.opening
+        return len(self.idle) + len(self.active) + len(self.testing) + self.opening
 
     @property
     def limit(self) -> int:
-        return self.settings.pool_size
+        """pool_size, plus reserve_pool_size while a client has waited reserve_pool_timeout."""
+        settings = self.settings
+        if settings.reserve_pool_size and self.waiters and (
+                self.clock() - self.waiters[0].wait_started >= settings.reserve_pool_timeout):
+            return settings.pool_size + settings.reserve_pool_size
+        return settings.pool_size
+
+    @property
+    def idle_timeout(self) -> float:
+        """The server_idle_timeout in force (capped below the database's own idle limit)."""
+        configured = self.settings.server_idle_timeout
+        cap = self.idle_timeout_cap
+        if cap is None:
+            return configured
+        return cap if configured <= 0 else min(configured, cap)
+
+    def align_idle_limit(self, limit: float, what: str) -> None:
+        """The database closes idle sessions after `limit` seconds (MySQL wait_timeout,
+        PostgreSQL idle_session_timeout): close ours safely before it does."""
+        if limit <= 0:
+            return
+        self.db_idle_limit = limit
+        configured = self.settings.server_idle_timeout
+        safe = max(0.5, min(limit * 0.75, limit - 1.0))
+        if configured <= 0 or configured > safe:
+            if self.idle_timeout_cap is None:
+                log.warning("%r: the database closes idle connections after %gs (%s) but "
+                            "server_idle_timeout is %s; using %.3gs so poolproxy closes them first",
+                            self, limit, what, f"{configured:g}s" if configured > 0 else "off",
+                            safe)
+            self.idle_timeout_cap = safe
 
     def __repr__(self) -> str:
         return f"<Pool {self.listener}/{self.database}/{self.user}>"
 
     # ------------------------------------------------------------------ checkout / checkin
     def checkout(self, waiter: Waiter) -> Any | None:
-        """Return an idle server at once, or queue `waiter` (FIFO) and return None."""
+        """Return an idle server at once, or queue `waiter` (FIFO) and return None.
+
+        A server idle longer than server_check_delay is health-checked first (the waiter gets
+        it, or a replacement, when the check is done), so a connection the database dropped
+        while it sat in the pool never reaches a client."""
         if self.idle and not self.waiters and not self.paused:
             server = self.idle.pop()
+            delay = self.settings.server_check_delay
+            now = self.clock()
+            if delay > 0 and now - server.last_used > delay:
+                waiter.wait_started = now
+                self.waiters.append(waiter)
+                self._health_check(server)
+                return None
             server.state = ServerState.ACTIVE
             self.active.add(server)
             self.stats.wait_count += 1
@@ -158,6 +206,25 @@ class Pool:
         self.waiters.append(waiter)
         self._maybe_open()
         return None
+
+    def _health_check(self, server: Any) -> None:
+        server.state = ServerState.TESTING
+        self.testing.add(server)
+        self._spawn(self._check(server))
+
+    async def _check(self, server: Any) -> None:
+        try:
+            ok = await server.health_check(self.settings.server_connect_timeout)
+        except Exception:
+            ok = False
+        self.testing.discard(server)
+        if ok and server.state is not ServerState.CLOSED and not self.closed:
+            server.last_used = self.clock()
+            self._hand_out(server)
+            return
+        log.info("%r: health check failed; replacing the connection", server)
+        self._close(server, CloseReason.CHECK_FAILED)
+        self._maybe_open()
 
     def cancel_wait(self, waiter: Waiter) -> None:
         try:
@@ -176,9 +243,13 @@ class Pool:
         if self.closed:
             server.close(CloseReason.CONFIG_RELOAD)
             return
-        if now >= server.expires_at:
+        if now >= server.expires_at and self._lifetime_budget > 0:
+            # At most a few lifetime closes per janitor period, so a pool opened all at once
+            # is renewed gradually; an expired server stays in use until its turn.
+            self._lifetime_budget -= 1
             self._close(server, CloseReason.LIFETIME)
             self._maybe_open()
+            self.top_up()
             return
         if self.total > self.limit and not self.waiters:
             self._close(server, CloseReason.POOL_LIMIT)
@@ -254,7 +325,17 @@ class Pool:
         if self.closed or self.paused:
             return
         while len(self.waiters) > self.opening and self.total < self.limit:
-            if self._login_backoff():
+            if self._login_backoff() or not self.db_has_room():
+                return
+            self.opening += 1
+            self._spawn(self._open())
+
+    def top_up(self) -> None:
+        """Keep min_pool_size servers open (also re-opened after reaping or failures)."""
+        if self.closed or self.paused:
+            return
+        while self.total < self.settings.min_pool_size:
+            if self._login_backoff() or not self.db_has_room():
                 return
             self.opening += 1
             self._spawn(self._open())
@@ -325,17 +406,22 @@ class Pool:
                 hint="raise pool_size or query_wait_timeout, or shorten transactions"))
 
     def reap_idle(self, now: float) -> None:
-        """Close servers idle longer than server_idle_timeout (oldest first), keeping min_pool_size."""
-        timeout = self.settings.server_idle_timeout
+        """Close servers idle longer than the idle timeout (oldest first, keeping min_pool_size)
+        and spread lifetime renewals: a budget of a few per janitor period."""
+        self._lifetime_budget = max(1, self.settings.pool_size // 8)
+        timeout = self.idle_timeout
+        min_size = self.settings.min_pool_size
         for server in list(self.idle):
-            if self.total <= self.settings.min_pool_size:
-                break
-            if timeout > 0 and now - server.last_used >= timeout:
+            if timeout > 0 and now - server.last_used >= timeout and self.total > min_size:
                 self.idle.remove(server)
                 self._close(server, CloseReason.IDLE_TIMEOUT)
-            elif now >= server.expires_at:
+            elif now >= server.expires_at and self._lifetime_budget > 0:
+                self._lifetime_budget -= 1
                 self.idle.remove(server)
                 self._close(server, CloseReason.LIFETIME)
+        self.top_up()
+        if self.waiters:
+            self._maybe_open()  # reserve_pool_timeout may have passed
 
     def remove_idle(self, server: Any, reason: CloseReason) -> None:
         """An idle server died or misbehaved (EOF, unsolicited error)."""
@@ -349,6 +435,9 @@ class Pool:
         self.closed = True
         while self.idle:
             self._close(self.idle.pop(), reason)
+        for server in list(self.testing):
+            self._close(server, reason)
+        self.testing.clear()
         for server in list(self.active):
             self._close(server, reason)
         self.active.clear()
@@ -360,7 +449,10 @@ class Pool:
         return {
             "listener": self.listener, "database": self.database, "user": self.user,
             "pool_mode": self.settings.pool_mode, "pool_size": self.settings.pool_size,
-            "servers": {"active": len(self.active), "idle": len(self.idle), "login": self.opening},
+            "servers": {"active": len(self.active), "idle": len(self.idle), "login": self.opening,
+                        "testing": len(self.testing)},
+            "idle_timeout": self.idle_timeout,
+            "db_idle_limit": self.db_idle_limit,
             "waiters": len(self.waiters),
             "max_wait": (now - self.waiters[0].wait_started) if self.waiters else 0.0,
             "clients": self.clients,

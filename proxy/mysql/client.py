@@ -97,6 +97,12 @@ class ClientConnection(asyncio.Protocol):
         self.pending = 0
         self.wait_started = 0.0
         self.xact_started = 0.0
+        self.idle_since = 0.0  # since when no request is outstanding (janitor timeouts)
+        #: Commands sent in this transaction before any reply byte came back: replayed once
+        #: on a new server if the first one turns out dead (None once the reply started).
+        self.replay: list[tuple[int, bytes]] | None = None
+        self._retried = False
+        self._broken = False
         self.infile = False
         self._buffer: list[tuple[int, bytes]] = []
         self._paused = False
@@ -309,6 +315,7 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         self.state = ClientState.IDLE
+        self.idle_since = self.listener.clock()
         self._reader.max_packet = MAX_CLIENT_PACKET
         assert self.pool is not None
         self.pool.clients += 1
@@ -329,6 +336,10 @@ class ClientConnection(asyncio.Protocol):
         if cmd == codec.COM_PING and self.server is None:
             self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
                 seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
+            return
+        if self._broken and self.server is None:
+            self._broken = False
+            self._answer_lost()
             return
         if cmd in _UNSUPPORTED:
             self.fail(FeatureNotSupported(f"command 0x{cmd:02x} is not supported through poolproxy"),
@@ -375,6 +386,9 @@ class ClientConnection(asyncio.Protocol):
         self._send(server, cmd, data)
 
     def _send(self, server: ServerConnection, cmd: int, data: bytes) -> None:
+        replay = self.replay
+        if replay is not None:
+            replay.append((cmd, data))
         server.start_command(cmd)
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
         if codec.response_mode_for_command(cmd) is codec.ResponseMode.NO_RESPONSE:
@@ -417,6 +431,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         server.client = self
         self.state = ClientState.ACTIVE
+        self.replay = []
         buffered, self._buffer = self._buffer, []
         for cmd, data in buffered:
             self._send(server, cmd, data)
@@ -486,11 +501,13 @@ class ClientConnection(asyncio.Protocol):
                 self.vars = {}
                 self.pinned = None
                 server.vars = {"names": "NAMES DEFAULT"}
-        if self.infile or server.in_transaction():
-            return
         pool = self.pool
         assert pool is not None
         now = pool.clock()
+        self.idle_since = now
+        if self.infile or server.in_transaction():
+            return
+        self._retried = False
         pool.transaction_done(now - self.xact_started)
         if self.pinned is not None or self.session_mode:
             self.xact_started = now
@@ -502,10 +519,36 @@ class ClientConnection(asyncio.Protocol):
         pool.checkin(server)
 
     def server_lost(self, server: ServerConnection) -> None:
+        """Our server died while linked (see the PostgreSQL twin): replay once if no reply
+        byte reached the client yet, else answer 2013 and carry on with a new server."""
         self.server = None
+        self._resume_server()
+        replay = self.replay
+        self.replay = None
+        self.infile = False
+        if replay and not self._retried and self.state is ClientState.ACTIVE:
+            self._retried = True
+            log.info("%r: server connection was dead; retrying on a new one", self)
+            self.state = ClientState.WAITING
+            self._buffer = list(replay)
+            pool = self.pool
+            assert pool is not None
+            new = pool.checkout(self)
+            if new is not None:
+                self.on_server(new)
+            return
+        self.state = ClientState.IDLE
+        self.idle_since = self.listener.clock()
+        if self.pending:
+            self.pending = 0
+            self._answer_lost()
+        else:
+            self._broken = True  # idle in transaction: the next command gets the error
+
+    def _answer_lost(self) -> None:
         self.fail(ServerConnectionLost(
-            "Lost connection to server during query (the database closed the connection)",
-            hint="the transaction was lost; reconnect and retry"), 1)
+            "Lost connection to server during query (the database closed the connection); "
+            "the transaction was rolled back", hint="retry the transaction"), 1, fatal=False)
 
     # ------------------------------------------------------------------ teardown
     def _disconnect(self) -> None:

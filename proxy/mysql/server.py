@@ -88,6 +88,7 @@ class ServerConnection(asyncio.Protocol):
             self.close(CloseReason.SERVER_ERROR)
             return
         self.pool.stats.bytes_out += len(data)
+        client.replay = None  # the reply has started: no transparent retry any more
         client.transport.write(data)  # type: ignore[union-attr]
         if done:
             client.response_done(self, tracker)
@@ -123,8 +124,8 @@ class ServerConnection(asyncio.Protocol):
         client = self.client
         if client is not None:
             self.client = None
+            self.pool.discard(self, CloseReason.SERVER_ERROR)  # first: frees the pool slot
             client.server_lost(self)
-            self.pool.discard(self, CloseReason.SERVER_ERROR)
         elif was is ServerState.IDLE:
             self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
 
@@ -293,13 +294,24 @@ class ServerConnection(asyncio.Protocol):
             self.status = tracker.status_flags
         return tracker.error, rows
 
-    async def query_rows(self, sql: str) -> list[list[str | None]]:
+    async def health_check(self, timeout: float) -> bool:
+        err, _ = await self.command(codec.COM_PING, timeout=timeout)
+        return err is None
+
+    async def idle_limit(self) -> float | None:
+        """The server's wait_timeout (seconds) for this (non-interactive) session."""
+        rows = await self.query_rows("SELECT @@session.wait_timeout", 1)
+        if not rows or rows[0][0] is None:
+            return None
+        return float(rows[0][0])
+
+    async def query_rows(self, sql: str, ncols: int = 2) -> list[list[str | None]]:
         err, rows = await self.command(codec.COM_QUERY, sql)
         if err is not None:
             raise ServerConnectionLost(f"{sql!r} failed: {err.message}")
         out = []
         for payload in rows:
-            values = codec.parse_text_row(payload, 2)
+            values = codec.parse_text_row(payload, ncols)
             out.append([None if v is None else v.decode("utf-8", "replace") for v in values])
         return out
 

@@ -108,6 +108,12 @@ class ClientConnection(asyncio.Protocol):
         self.statement_mode = False
         self.wait_started = 0.0
         self.xact_started = 0.0
+        self.idle_since = 0.0  # since when no request is outstanding (janitor timeouts)
+        #: What this transaction sent before any reply byte came back: replayed once on a new
+        #: server if the first one turns out dead (None once the reply started).
+        self.replay: list[bytes] | None = None
+        self._broken = False  # our server died inside the client's transaction
+        self._retried = False
         self.key = (0, 0)
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -446,6 +452,7 @@ class ClientConnection(asyncio.Protocol):
         out.append(codec.ready_for_query(b"I"))
         self.transport.write(b"".join(out))
         self.state = ClientState.IDLE
+        self.idle_since = self.pool.clock()
         self.pool.clients += 1
         self.listener.count_result("accepted")
         log.debug("%r: logged in", self)
@@ -467,6 +474,13 @@ class ClientConnection(asyncio.Protocol):
             data = self._inspect(data, events)
             if not data:
                 return
+        if self._broken:
+            # The transaction this request belongs to died with its server: answer it with
+            # the error instead of running it outside the transaction the client expects.
+            if self.pending > 0:
+                self._broken = False
+                self._answer_lost(self.pending)
+            return
         self.unsynced = self.scanner.last not in _SYNC_POINTS
         server = self.server
         if server is None:
@@ -484,6 +498,12 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._link(server)
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
+        replay = self.replay
+        if replay is not None:
+            if len(replay) < 64:
+                replay.append(data)
+            else:
+                self.replay = None  # too much to keep: no retry for this one
         server.transport.write(data)  # type: ignore[union-attr]
 
     def _buffer_while_waiting(self, data: bytes) -> None:
@@ -560,6 +580,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         server.client = self
         self.state = ClientState.ACTIVE
+        self.replay = []
         self.xact_started = self.pool.clock()  # type: ignore[union-attr]
         # Compare the tracked parameters as one tuple; the diff loop only runs when they differ
         # (after a client changed a setting, or a server last served a client with other ones).
@@ -586,6 +607,7 @@ class ClientConnection(asyncio.Protocol):
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
         buffer.clear()
         self._buffered = 0
+        self.replay = [data]
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
         server.transport.write(data)  # type: ignore[union-attr]
         if self._paused:
@@ -609,6 +631,8 @@ class ClientConnection(asyncio.Protocol):
         assert pool is not None
         now = pool.clock()
         pool.transaction_done(now - self.xact_started)
+        self.idle_since = now
+        self._retried = False
         if self.pinned is not None or self.session_mode:
             self.xact_started = now  # the server stays; the next transaction starts now
             return
@@ -632,11 +656,44 @@ class ClientConnection(asyncio.Protocol):
                 hint="use pool_mode: transaction for this database"))
 
     def server_lost(self, server: ServerConnection) -> None:
-        """Our server died under us (linked): tell the client clearly and close."""
+        """Our server died while linked to this client.
+
+        Before any reply byte reached the client (a pooled connection the database had
+        dropped), the request is replayed once on a new server: the client never notices.
+        Otherwise the transaction is lost: the client gets 08006 as an ERROR (for the request
+        in flight, or for its next one) and can go on with a new transaction."""
         self.server = None
-        self.fail(ServerConnectionLost(
-            "server connection lost: the database closed the connection",
-            hint="the transaction was lost; reconnect and retry"))
+        self._resume_server()
+        replay = self.replay
+        self.replay = None
+        if replay is not None and not self._retried and self.state is ClientState.ACTIVE:
+            self._retried = True
+            log.info("%r: server connection was dead; retrying on a new one", self)
+            self.state = ClientState.WAITING
+            self._buffer = replay
+            self._buffered = sum(len(chunk) for chunk in replay)
+            pool = self.pool
+            assert pool is not None
+            new = pool.checkout(self)
+            if new is not None:
+                self.on_server(new)
+            return
+        self.state = ClientState.IDLE
+        self.idle_since = self.listener.clock()
+        if self.pending > 0:
+            self._answer_lost(self.pending)
+        else:
+            self._broken = True  # idle in transaction: the next request gets the error
+
+    def _answer_lost(self, owed: int) -> None:
+        err = ServerConnectionLost(
+            "server connection lost: the database closed the connection during the transaction",
+            hint="the transaction was rolled back; retry it")
+        out = codec.error_response(err.sqlstate, err.message, hint=err.hint)
+        self.transport.write(out + codec.ready_for_query(b"I") * max(owed, 1))  # type: ignore[union-attr]
+        self.pending = 0
+        self.unsynced = False
+        self.copy_mode = False
 
     # ------------------------------------------------------------------ teardown
     def _disconnect(self) -> None:

@@ -95,6 +95,7 @@ class ServerConnection(asyncio.Protocol):
             if self.swallow:
                 return
             stats.bytes_out += len(data)
+            client.replay = None  # the reply has started: no transparent retry any more
             client.transport.write(data)  # type: ignore[union-attr]
             return
         if self.swallow:
@@ -112,8 +113,10 @@ class ServerConnection(asyncio.Protocol):
                 if client.pending <= 0:
                     if status == _I:
                         release = True
-                    elif client.statement_mode:
-                        client.check_statement_mode(status)
+                    else:
+                        client.idle_since = self.pool.clock()  # idle in transaction from now
+                        if client.statement_mode:
+                            client.check_statement_mode(status)
             elif t == MSG_PARAMETER_STATUS:
                 name, value = codec.parse_parameter_status(body)
                 self.params[name] = value
@@ -121,6 +124,7 @@ class ServerConnection(asyncio.Protocol):
                 self.param_sig = client.param_sig = None
             elif t == MSG_COPY_IN or t == MSG_COPY_BOTH:
                 client.enter_copy_in()
+        client.replay = None
         client.transport.write(data)  # type: ignore[union-attr]
         if release:
             client.maybe_release()
@@ -181,8 +185,8 @@ class ServerConnection(asyncio.Protocol):
         client = self.client
         if client is not None:
             self.client = None
+            self.pool.discard(self, CloseReason.SERVER_ERROR)  # first: frees the pool slot
             client.server_lost(self)
-            self.pool.discard(self, CloseReason.SERVER_ERROR)
         elif was is ServerState.IDLE:
             self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
 
@@ -302,7 +306,24 @@ class ServerConnection(asyncio.Protocol):
         return self.password
 
     # ------------------------------------------------------------------ internal queries
-    async def run_internal(self, sql: str, timeout: float = 10.0) -> list[dict[str, str]]:
+    async def health_check(self, timeout: float) -> bool:
+        """An empty query: cheapest round trip that proves the session is alive and idle."""
+        errors = await self.run_internal("", timeout)
+        return not errors and self.tx_status == _I
+
+    async def idle_limit(self) -> float | None:
+        """The server's idle_session_timeout in seconds (None: off or unknown)."""
+        rows: list[str | None] = []
+        errors = await self.run_internal(
+            "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout'",
+            rows=rows)
+        if errors or not rows or rows[0] is None:
+            return None
+        ms = int(rows[0])
+        return ms / 1000.0 if ms > 0 else None
+
+    async def run_internal(self, sql: str, timeout: float = 10.0,
+                           rows: list[str | None] | None = None) -> list[dict[str, str]]:
         """Run a simple query of our own while unlinked; return the errors it raised.
 
         The connection must be unlinked and quiet. A lost connection raises."""
@@ -323,6 +344,9 @@ class ServerConnection(asyncio.Protocol):
                 elif t == MSG_READY_FOR_QUERY:
                     self.tx_status = body[0]
                     return errors
+                elif t == 0x44 and rows is not None:  # DataRow: first column as text
+                    length = int.from_bytes(body[2:6], "big", signed=True)
+                    rows.append(None if length < 0 else body[6:6 + length].decode())
         except TimeoutError:
             raise ServerConnectionLost(f"server did not answer {sql!r} within {timeout:g}s") from None
         finally:

@@ -614,7 +614,9 @@ def test_snapshot_fields() -> None:
         assert snap == {
             "listener": "pg", "database": "app", "user": "app",
             "pool_mode": "transaction", "pool_size": 3,
-            "servers": {"active": 2, "idle": 0, "login": 1},
+            "servers": {"active": 2, "idle": 0, "login": 1, "testing": 0},
+            "idle_timeout": 600.0,
+            "db_idle_limit": None,
             "waiters": 2,
             "max_wait": pytest.approx(2.0),
             "clients": 7,
@@ -625,7 +627,7 @@ def test_snapshot_fields() -> None:
         await settle()
         assert w1.server is connect.opened[-1]
         snap = pool.snapshot()
-        assert snap["servers"] == {"active": 3, "idle": 0, "login": 0}
+        assert snap["servers"] == {"active": 3, "idle": 0, "login": 0, "testing": 0}
         assert snap["waiters"] == 1 and snap["max_wait"] == pytest.approx(0.5)
     run(main)
 
@@ -633,7 +635,7 @@ def test_snapshot_fields() -> None:
 def test_snapshot_of_an_empty_pool() -> None:
     pool, _, _ = make_pool(pool_mode="session", pool_size=5)
     snap = pool.snapshot()
-    assert snap["servers"] == {"active": 0, "idle": 0, "login": 0}
+    assert snap["servers"] == {"active": 0, "idle": 0, "login": 0, "testing": 0}
     assert snap["waiters"] == 0 and snap["max_wait"] == 0.0
     assert snap["pool_mode"] == "session" and snap["pool_size"] == 5
 
