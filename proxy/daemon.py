@@ -199,6 +199,8 @@ class Daemon:
         for pool in self.pools():
             snap = pool.snapshot()
             snap["clients"] = states.get(id(pool), dict.fromkeys(CLIENT_STATES, 0))
+            snap["listener_tasks"] = next(
+                (len(rt._tasks) for rt in self.listeners if pool in rt.pools.values()), 0)
             out.append(snap)
         return out
 

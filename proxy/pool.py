@@ -457,5 +457,6 @@ class Pool:
             "max_wait": (now - self.waiters[0].wait_started) if self.waiters else 0.0,
             "clients": self.clients,
             "transactions": self.stats.transactions,
+            "tasks": len(self._tasks),
             "paused": self.paused,
         }

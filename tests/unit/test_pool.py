@@ -621,6 +621,7 @@ def test_snapshot_fields() -> None:
             "max_wait": pytest.approx(2.0),
             "clients": 7,
             "transactions": 1,
+            "tasks": 1,
             "paused": False,
         }
         connect.gate.set()
