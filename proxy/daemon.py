@@ -70,6 +70,7 @@ class Daemon:
         self._signals = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self.admin: Any = None
+        self.paused_databases: set[str] = set()
 
     def pools(self) -> list[Pool]:
         return [p for rt in self.listeners for p in rt.pools.values()]
@@ -79,6 +80,8 @@ class Daemon:
         for lcfg in self.config.listeners:
             rt = self._make_listener(lcfg, loop)
             if rt is not None:
+                rt.daemon = self
+                rt.paused_databases = self.paused_databases
                 self.listeners.append(rt)
         janitor = Janitor(self.pools, self.clock,
                           clients=lambda: [c for rt in self.listeners for c in rt.clients])

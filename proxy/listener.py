@@ -37,6 +37,9 @@ class ListenerRuntime:
         self.clients: set[Any] = set()
         self.cancel_keys: dict[int, Any] = {}
         self.draining = False
+        self.daemon: Any = None
+        #: Databases held by the admin console's PAUSE ("*" = all); shared with the daemon.
+        self.paused_databases: set[str] = set()
         self.server: asyncio.AbstractServer | None = None
         self.client_results: dict[str, int] = {}
         self.pins: dict[str, int] = {}
@@ -71,6 +74,8 @@ class ListenerRuntime:
             pool = Pool(cfg.name, database, user, settings, connect, self.clock)
             pool.variant = variant
             pool.db_has_room = lambda: self._db_has_room(pool)
+            paused = self.paused_databases
+            pool.paused = "*" in paused or database in paused
             self.pools[key] = pool
         return pool
 

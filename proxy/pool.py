@@ -256,6 +256,13 @@ class Pool:
             return
         self._hand_out(server)
 
+    def resume(self) -> None:
+        """End a PAUSE: serve the clients that queued meanwhile."""
+        self.paused = False
+        while self.idle and self.waiters:
+            self._hand_out(self.idle.pop())
+        self._maybe_open()
+
     def reconfigured(self) -> None:
         """Settings changed (reload): trim idle servers over a smaller pool_size now, open
         for waiters if it grew; busy servers over the limit close when they come back."""
@@ -367,9 +374,13 @@ class Pool:
             server = await self._connect(self)
         except ProxyError as exc:
             self.opening -= 1
+            # One warning per outage, not one per retry; recovery is logged once too.
+            if self.last_login_error is None:
+                log.warning("%r: cannot open server connection: %s", self, exc.message)
+            else:
+                log.debug("%r: still cannot open server connection: %s", self, exc.message)
             self.last_login_error = exc
             self.last_login_error_at = self.clock()
-            log.warning("%r: cannot open server connection: %s", self, exc.message)
             if isinstance(exc, ServerLoginError):
                 self._fail_waiters(exc)
             else:
@@ -381,7 +392,9 @@ class Pool:
             self._fail_waiters(ProxyError(f"internal error opening server connection: {exc}"))
             return
         self.opening -= 1
-        self.last_login_error = None
+        if self.last_login_error is not None:
+            log.info("%r: server connections work again", self)
+            self.last_login_error = None
         self.stats.opened += 1
         if self.server_params is None and getattr(server, "params", None) is not None:
             self.server_params = dict(server.params)

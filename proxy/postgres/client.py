@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..auth import md5 as md5auth
 from ..auth import scram
+from ..console import ADMIN_DATABASES, Console, ConsoleError
 from ..errors import (
     AuthFailed,
     FeatureNotSupported,
@@ -131,6 +132,9 @@ class ClientConnection(asyncio.Protocol):
         self._password: str | None = None
         self._startup_params: dict[str, str] = {}
         self._login_timer: asyncio.TimerHandle | None = None
+        self._console: Console | None = None
+        self._console_queue: list[str] = []
+        self._console_busy = False
 
     def __repr__(self) -> str:
         return f"<pg client {self.user}@{self.database} {self.peer}>"
@@ -253,7 +257,13 @@ class ClientConnection(asyncio.Protocol):
             raise TooManyConnections(
                 f"no more connections allowed (max_client_conn={cfg.settings.max_client_conn})",
                 hint="raise max_client_conn or use fewer client connections")
-        if cfg.database(self.database) is None:
+        if self.database in ADMIN_DATABASES:
+            admins = lst.daemon.config.admin.admin_users if lst.daemon is not None else ()
+            if user not in admins:
+                raise AuthFailed(f'user "{user}" may not use the admin console',
+                                 sqlstate="28000", hint="list the user under admin.admin_users")
+            self._console = Console(lst.daemon)
+        elif cfg.database(self.database) is None:
             raise UnknownDatabase(
                 f'database "{self.database}" is not configured in poolproxy',
                 hint=f"add it under listeners[{cfg.name}].databases, or configure \"*\"")
@@ -350,6 +360,9 @@ class ClientConnection(asyncio.Protocol):
     def _auth_ok(self) -> None:
         self._auth_step = None
         self.transport.write(codec.auth_request(codec.AUTH_OK))  # type: ignore[union-attr]
+        if self._console is not None:
+            self._finish_console_login()
+            return
         self.pool = pool = self.listener.get_pool(self.database, self.user)
         self.session_mode = pool.settings.pool_mode == "session"
         self.statement_mode = pool.settings.pool_mode == "statement"
@@ -462,8 +475,65 @@ class ClientConnection(asyncio.Protocol):
         if rest:
             self._client_data(rest)
 
+    # ------------------------------------------------------------------ admin console
+    def _finish_console_login(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        params = {"server_version": "15.0 (poolproxy)", "server_encoding": "UTF8",
+                  "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
+                  "integer_datetimes": "on", "standard_conforming_strings": "on",
+                  "application_name": self._startup_params.get("application_name", "")}
+        out = [codec.parameter_status(k, v) for k, v in params.items()]
+        out.append(codec.backend_key_data(0, 0))
+        out.append(codec.ready_for_query(b"I"))
+        self.transport.write(b"".join(out))  # type: ignore[union-attr]
+        self.state = ClientState.IDLE
+        self.listener.count_result("accepted")
+        self._reader = codec.MessageReader(max_message=1 << 20)
+        log.info("%r: admin console session", self)
+
+    def _console_data(self, data: bytes) -> None:
+        assert self._reader is not None
+        try:
+            messages = self._reader.feed(data)
+        except codec.ProtocolError as exc:
+            self.fail(ProtocolViolation(f"invalid message: {exc}"))
+            return
+        for t, body in messages:
+            if t == MSG_TERMINATE:
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            if t != MSG_QUERY:
+                self.fail(FeatureNotSupported(
+                    "the admin console speaks the simple query protocol only",
+                    hint="use psql, or psycopg with prepare_threshold=None and simple queries"))
+                return
+            self._console_queue.append(codec.parse_query(body).decode("utf-8", "replace"))
+        if self._console_queue and not self._console_busy:
+            self._console_busy = True
+            self.listener.spawn(self._run_console())
+
+    async def _run_console(self) -> None:
+        assert self._console is not None
+        try:
+            while self._console_queue:
+                sql = self._console_queue.pop(0)
+                try:
+                    reply = await self._console.execute(sql)
+                except ConsoleError as exc:
+                    reply = codec.error_response(exc.sqlstate, str(exc))
+                if self.transport is None or self.transport.is_closing():
+                    return
+                self.transport.write(reply + codec.ready_for_query(b"I"))
+        finally:
+            self._console_busy = False
+
     # ------------------------------------------------------------------ hot path
     def _client_data(self, data: bytes) -> None:
+        if self._console is not None:
+            self._console_data(data)
+            return
         try:
             events = self.scanner.feed(data)
         except codec.ProtocolError as exc:
