@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..auth import caching_sha2, mysql_native
 from ..errors import (
@@ -24,6 +24,7 @@ from ..errors import (
     UnknownDatabase,
 )
 from ..pool import ClientState, CloseReason, Pool, ServerState
+from ..session import ClientSession, borrow
 from . import codec
 from .server import BASE_CAPS
 from .session import Analysis, PinReason, analyse, replay_sql
@@ -57,22 +58,7 @@ def _nonce() -> bytes:
     return bytes(33 + b % 94 for b in os.urandom(codec.SCRAMBLE_LENGTH))
 
 
-class _ServerWaiter:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.wait_started = 0.0
-        self.future: asyncio.Future[Any] = loop.create_future()
-
-    def on_server(self, server: Any) -> None:
-        if self.future.done():
-            raise RuntimeError("waiter gone")
-        self.future.set_result(server)
-
-    def on_pool_error(self, exc: ProxyError) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientSession):
     """One application connection to a MySQL listener."""
 
     def __init__(self, listener: ListenerRuntime) -> None:
@@ -143,24 +129,6 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._resume_server()
         self._disconnect()
-
-    # Backpressure: while this client's socket is over its write high-water mark, stop
-    # reading from its server, so a client that does not read never makes us buffer a result.
-    def pause_writing(self) -> None:
-        server = self.server
-        if server is not None and server.transport is not None:
-            self._throttled = server
-            server.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self._resume_server()
-
-    def _resume_server(self) -> None:
-        server = self._throttled
-        if server is not None:
-            self._throttled = None
-            if server.transport is not None and not server.transport.is_closing():
-                server.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -289,17 +257,13 @@ class ClientConnection(asyncio.Protocol):
     async def _validate_pool(self, pool: Pool) -> None:
         """The first client of a pool: open a server now so a bad database or server password
         is reported at login, as a direct connection would."""
-        waiter = _ServerWaiter(self.loop)
-        server = pool.checkout(waiter)
         try:
-            if server is None:
-                server = await asyncio.wait_for(waiter.future, pool.settings.query_wait_timeout or None)
+            server = await borrow(pool, self.loop)
         except ProxyError as exc:
             self.listener.count_result("auth_failed" if exc.mysql_errno == 1045 else "protocol_error")
             self.fail(exc, self._auth_seq + 1)
             return
         except TimeoutError:
-            pool.cancel_wait(waiter)
             self.fail(ServerConnectionLost("timed out waiting for a server connection at login"),
                       self._auth_seq + 1)
             return

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 from ..auth import caching_sha2, mysql_native
-from ..errors import ServerConnectionLost, ServerLoginError, ServerUnavailable
+from ..errors import ServerConnectionLost, ServerLoginError
 from ..pool import CloseReason, Pool, ServerState
+from ..session import ServerSession, connect_and_login
 from . import codec
 from .codec import ResponseMode, ResponseTracker
 
@@ -32,21 +32,19 @@ BASE_CAPS = (codec.CLIENT_LONG_PASSWORD | codec.CLIENT_LONG_FLAG | codec.CLIENT_
              | codec.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | codec.CLIENT_CONNECT_ATTRS)
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection(ServerSession):
     """One connection from poolproxy to a MySQL/MariaDB server."""
+
+    GOODBYE = codec.encode_packet(0, bytes((codec.COM_QUIT,)))
 
     def __init__(self, pool: Pool, user: str, password: str | None, dbname: str | None,
                  caps: int, charset: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.pool = pool
+        super().__init__(pool, loop)
         self.user = user
         self.password = password or ""
         self.dbname = dbname
         self.want_caps = caps
         self.charset = charset
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self._throttled_client: ClientConnection | None = None
-        self.state = ServerState.LOGIN
         self.client: ClientConnection | None = None
         self.caps = 0
         self.handshake: codec.Handshake | None = None
@@ -55,25 +53,14 @@ class ServerConnection(asyncio.Protocol):
         self.schema = dbname
         self.names_default = "NAMES DEFAULT"
         self.thread_id = 0
-        now = pool.clock()
-        self.created_at = now
-        self.last_used = now
-        self.expires_at = pool.lifetime_deadline(now)
         self.tracker: ResponseTracker | None = None
         self.params: dict[str, str] | None = None  # pool.server_params marker (version)
         self._reader: codec.PacketReader | None = codec.PacketReader()
-        self._inbox: deque[tuple[int, bytes]] = deque()
-        self._inbox_waiter: asyncio.Future[None] | None = None
-        self._lost: BaseException | None = None
-        self.close_reason: CloseReason | None = None
 
     def __repr__(self) -> str:
         return f"<mysql server {self.pool.database}/{self.user} id={self.thread_id} {self.state.value}>"
 
     # ------------------------------------------------------------------ asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is None:
@@ -95,72 +82,8 @@ class ServerConnection(asyncio.Protocol):
         elif tracker.waiting_for_client:
             client.infile_requested()
 
-    def _unlinked_data(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:
-            # Idle in the pool: MariaDB/MySQL send ERR 4031 (or just close) on wait_timeout.
-            log.info("%r: unsolicited data from idle server; closing it", self)
-            self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
-            return
-        try:
-            packets = reader.feed(data)
-        except codec.ProtocolError as exc:
-            self._lost = exc
-            self.close(CloseReason.SERVER_ERROR)
-            return
-        if packets:
-            self._inbox.extend(packets)
-            waiter = self._inbox_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = exc or ConnectionResetError("server closed the connection")
-        was = self.state
-        self.state = ServerState.CLOSED
-        waiter = self._inbox_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        client = self.client
-        if client is not None:
-            self.client = None
-            self.pool.discard(self, CloseReason.SERVER_ERROR)  # first: frees the pool slot
-            client.server_lost(self)
-        elif was is ServerState.IDLE:
-            self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
-
-    def pause_writing(self) -> None:
-        client = self.client
-        if client is not None and client.transport is not None:
-            client._backpressured = True
-            client.transport.pause_reading()
-            self._throttled_client = client
-
-    def resume_writing(self) -> None:
-        client = self._throttled_client
-        if client is not None:
-            self._throttled_client = None
-            client._backpressured = False
-            if client.transport is not None and not client.transport.is_closing() \
-                    and not getattr(client, "_paused", False):
-                client.transport.resume_reading()
-
-    # ------------------------------------------------------------------ control
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def close(self, reason: CloseReason) -> None:
-        if self.state is ServerState.CLOSED:
-            return
-        log.debug("%r: closing (%s)", self, reason.value)
-        self.close_reason = reason
-        self.state = ServerState.CLOSED
-        if self.transport is not None:
-            try:
-                self.transport.write(codec.encode_packet(0, bytes((codec.COM_QUIT,))))
-            except Exception:
-                pass
-            self.transport.close()
+    def _frame(self, data: bytes) -> list[tuple[int, bytes]] | None:
+        return None if self._reader is None else self._reader.feed(data)
 
     def start_command(self, command: int) -> None:
         """Arm the tracker for the response to the command the client is sending."""
@@ -171,30 +94,7 @@ class ServerConnection(asyncio.Protocol):
         else:
             tracker.start(mode)
 
-    # ------------------------------------------------------------------ reading
-    async def _next(self, timeout: float | None = None) -> tuple[int, bytes]:
-        while not self._inbox:
-            if self._lost is not None or self.state is ServerState.CLOSED:
-                raise ServerConnectionLost(f"server connection lost: {self._lost}")
-            self._inbox_waiter = self.loop.create_future()
-            try:
-                await asyncio.wait_for(self._inbox_waiter, timeout)
-            finally:
-                self._inbox_waiter = None
-        return self._inbox.popleft()
-
     # ------------------------------------------------------------------ login
-    async def login(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._login(), timeout)
-        except TimeoutError:
-            self.close(CloseReason.SERVER_ERROR)
-            raise ServerUnavailable(
-                f"server login timed out after {timeout:g}s (server_connect_timeout)") from None
-        except Exception:
-            self.close(CloseReason.SERVER_ERROR)
-            raise
-
     async def _login(self) -> None:
         seq, payload = await self._next()
         if payload[:1] == b"\xff":
@@ -340,16 +240,9 @@ async def open_server(pool: Pool, host: str, port: int, user: str, password: str
                       dbname: str | None, caps: int, charset: int,
                       connect_timeout: float) -> ServerConnection:
     loop = asyncio.get_running_loop()
-    server = ServerConnection(pool, user, password, dbname, caps, charset, loop)
-    try:
-        await asyncio.wait_for(loop.create_connection(lambda: server, host, port), connect_timeout)
-    except (OSError, TimeoutError) as exc:
-        raise ServerUnavailable(
-            f"cannot connect to server {host}:{port}: {exc or 'timeout'}",
-            hint="is the database running and reachable from poolproxy?") from None
-    await server.login(connect_timeout)
-    log.debug("%r: opened", server)
-    return server
+    return await connect_and_login(
+        lambda: ServerConnection(pool, user, password, dbname, caps, charset, loop),
+        host, port, connect_timeout)
 
 
 async def fetch_greeting(host: str, port: int, timeout: float = 3.0) -> codec.Handshake | None:

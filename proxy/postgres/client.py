@@ -28,6 +28,7 @@ from ..errors import (
     UnknownDatabase,
 )
 from ..pool import ClientState, CloseReason, Pool, ServerState
+from ..session import ClientSession, borrow
 from . import codec
 from .codec import (
     MSG_COPY_DONE,
@@ -65,24 +66,7 @@ _MISSING: Any = object()
 _IGNORED_STARTUP = frozenset(("extra_float_digits",))
 
 
-class _ParamsWaiter:
-    """Borrows one server just to learn the server's parameters for the first client's login."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.wait_started = 0.0
-        self.future: asyncio.Future[Any] = loop.create_future()
-
-    def on_server(self, server: Any) -> None:
-        if self.future.done():
-            raise RuntimeError("waiter gone")
-        self.future.set_result(server)
-
-    def on_pool_error(self, exc: ProxyError) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientSession):
     """One application connection to a PostgreSQL listener."""
 
     def __init__(self, listener: ListenerRuntime) -> None:
@@ -159,24 +143,6 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._resume_server()
         self._disconnect()
-
-    # Backpressure: while this client's socket is over its write high-water mark, stop
-    # reading from its server, so a client that does not read never makes us buffer a result.
-    def pause_writing(self) -> None:
-        server = self.server
-        if server is not None and server.transport is not None:
-            self._throttled = server
-            server.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self._resume_server()
-
-    def _resume_server(self) -> None:
-        server = self._throttled
-        if server is not None:
-            self._throttled = None
-            if server.transport is not None and not server.transport.is_closing():
-                server.transport.resume_reading()
 
     # ------------------------------------------------------------------ errors
     def fail(self, exc: ProxyError, fatal: bool = True) -> None:
@@ -388,19 +354,14 @@ class ClientConnection(asyncio.Protocol):
                 if reported.get(k) != v and (k, v) not in canon}
 
     async def _borrow(self, pool: Pool) -> ServerConnection | None:
-        waiter = _ParamsWaiter(self.loop)
-        server = pool.checkout(waiter)
         try:
-            if server is None:
-                server = await asyncio.wait_for(waiter.future,
-                                                pool.settings.query_wait_timeout or None)
+            server: ServerConnection = await borrow(pool, self.loop)
         except ProxyError as exc:
             self.listener.count_result("auth_failed" if exc.sqlstate.startswith("28")
                                        else "protocol_error")
             self.fail(exc)
             return None
         except TimeoutError:
-            pool.cancel_wait(waiter)
             self.fail(ServerConnectionLost("timed out waiting for a server connection at login"))
             return None
         return server

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..auth import md5 as md5auth
 from ..auth import scram
-from ..errors import ProxyError, ServerConnectionLost, ServerLoginError, ServerUnavailable
+from ..errors import ServerConnectionLost, ServerLoginError
 from ..pool import CloseReason, Pool, ServerState
+from ..session import ServerSession, connect_and_login
 from . import codec
 from .codec import (
     MSG_AUTH,
@@ -36,49 +36,36 @@ log = logging.getLogger("poolproxy.postgres.server")
 _I = 0x49  # ReadyForQuery status 'I': idle, no transaction
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection(ServerSession):
     """One connection from poolproxy to a PostgreSQL server."""
+
+    GOODBYE = codec.TERMINATE
 
     def __init__(self, pool: Pool, user: str, password: str | None, dbname: str,
                  loop: asyncio.AbstractEventLoop) -> None:
-        self.pool = pool
+        super().__init__(pool, loop)
         self.user = user
         self.password = password
         self.dbname = dbname
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self._throttled_client: ClientConnection | None = None
-        self.state = ServerState.LOGIN
         self.client: ClientConnection | None = None
         self.params: dict[str, str] = {}
         #: Tuple of the tracked parameter values last synced from a client (None: unknown).
         self.param_sig: tuple[str | None, ...] | None = None
         self.key = (0, 0)
         self.tx_status = _I
-        now = pool.clock()
-        self.created_at = now
-        self.last_used = now
-        self.expires_at = pool.lifetime_deadline(now)
         self.swallow = 0  # ReadyForQuery messages of our own queries still to drop
         self.cancels_in_flight = 0
         self.release_when_cancelled = False
-        self.close_reason: CloseReason | None = None
         self.scanner = codec.MessageScanner(
             (MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_COPY_IN, MSG_COPY_BOTH, MSG_ERROR),
             keep_body=(MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_ERROR))
         # Login and internal queries read whole messages through this.
         self._reader: codec.MessageReader | None = codec.MessageReader()
-        self._inbox: deque[tuple[int, bytes]] = deque()
-        self._inbox_waiter: asyncio.Future[None] | None = None
-        self._lost: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<pg server {self.pool.database}/{self.user} pid={self.key[0]} {self.state.value}>"
 
     # ------------------------------------------------------------------ asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is None:
@@ -155,98 +142,10 @@ class ServerConnection(asyncio.Protocol):
             return b"", []
         return data[cut:], rest
 
-    def _unlinked_data(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:
-            # Idle in the pool: the server has nothing to say unless it is going away
-            # (FATAL on idle_session_timeout, pg_terminate_backend, shutdown).
-            log.info("%r: unsolicited data from idle server; closing it", self)
-            self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
-            return
-        try:
-            msgs = reader.feed(data)
-        except codec.ProtocolError as exc:
-            self._lost = exc
-            self.close(CloseReason.SERVER_ERROR)
-            return
-        if msgs:
-            self._inbox.extend(msgs)
-            waiter = self._inbox_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = exc or ConnectionResetError("server closed the connection")
-        was = self.state
-        self.state = ServerState.CLOSED
-        waiter = self._inbox_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        client = self.client
-        if client is not None:
-            self.client = None
-            self.pool.discard(self, CloseReason.SERVER_ERROR)  # first: frees the pool slot
-            client.server_lost(self)
-        elif was is ServerState.IDLE:
-            self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
-
-    def pause_writing(self) -> None:
-        client = self.client
-        if client is not None and client.transport is not None:
-            client._backpressured = True
-            client.transport.pause_reading()
-            self._throttled_client = client
-
-    def resume_writing(self) -> None:
-        client = self._throttled_client
-        if client is not None:
-            self._throttled_client = None
-            client._backpressured = False
-            if client.transport is not None and not client.transport.is_closing() \
-                    and not getattr(client, "_paused", False):
-                client.transport.resume_reading()
-
-    # ------------------------------------------------------------------ control
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def close(self, reason: CloseReason) -> None:
-        if self.state is ServerState.CLOSED:
-            return
-        log.debug("%r: closing (%s)", self, reason.value)
-        self.close_reason = reason
-        self.state = ServerState.CLOSED
-        if self.transport is not None:
-            try:
-                self.transport.write(codec.TERMINATE)
-            except Exception:
-                pass
-            self.transport.close()
-
-    # ------------------------------------------------------------------ message reading
-    async def _next(self, timeout: float | None = None) -> tuple[int, bytes]:
-        while not self._inbox:
-            if self._lost is not None or self.state is ServerState.CLOSED:
-                raise ServerConnectionLost(f"server connection lost: {self._lost}")
-            self._inbox_waiter = self.loop.create_future()
-            try:
-                await asyncio.wait_for(self._inbox_waiter, timeout)
-            finally:
-                self._inbox_waiter = None
-        return self._inbox.popleft()
+    def _frame(self, data: bytes) -> list[tuple[int, bytes]] | None:
+        return None if self._reader is None else self._reader.feed(data)
 
     # ------------------------------------------------------------------ login
-    async def login(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._login(), timeout)
-        except TimeoutError:
-            self.close(CloseReason.SERVER_ERROR)
-            raise ServerUnavailable(
-                f"server login timed out after {timeout:g}s (server_connect_timeout)") from None
-        except ProxyError:
-            self.close(CloseReason.SERVER_ERROR)
-            raise
-
     async def _login(self) -> None:
         self.write(codec.startup_message({"user": self.user, "database": self.dbname}))
         scram_client: scram.ScramClient | None = None
@@ -358,16 +257,8 @@ async def open_server(pool: Pool, host: str, port: int, user: str, password: str
                       dbname: str, connect_timeout: float) -> ServerConnection:
     """Connect and log in; raise ServerUnavailable / ServerLoginError on failure."""
     loop = asyncio.get_running_loop()
-    server = ServerConnection(pool, user, password, dbname, loop)
-    try:
-        await asyncio.wait_for(loop.create_connection(lambda: server, host, port), connect_timeout)
-    except (TimeoutError, OSError) as exc:
-        raise ServerUnavailable(
-            f"cannot connect to server {host}:{port}: {exc or 'timeout'}",
-            hint="is the database running and reachable from poolproxy?") from None
-    await server.login(connect_timeout)
-    log.debug("%r: opened", server)
-    return server
+    return await connect_and_login(lambda: ServerConnection(pool, user, password, dbname, loop),
+                                   host, port, connect_timeout)
 
 
 async def send_cancel(host: str, port: int, key: tuple[int, int], timeout: float = 5.0) -> None:

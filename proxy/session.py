@@ -1,0 +1,223 @@
+"""What client and server sessions of both protocols share: the asyncio plumbing around them.
+
+`ServerSession`: message inbox for login/internal queries, the idle watch, connection loss,
+backpressure toward the linked client, close with a reason, connect+login with timeouts.
+`ClientSession`: backpressure toward the linked server. `FutureWaiter`: borrow a server from a
+pool from a coroutine. The protocol modules add framing and what their wire needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .errors import ProxyError, ServerConnectionLost, ServerUnavailable
+from .pool import CloseReason, Pool, ServerState
+
+log = logging.getLogger("poolproxy.session")
+
+S = TypeVar("S", bound="ServerSession")
+
+
+class FutureWaiter:
+    """A pool waiter whose server (or error) arrives through a future."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.wait_started = 0.0
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def on_server(self, server: Any) -> None:
+        if self.future.done():
+            raise RuntimeError("waiter gone")
+        self.future.set_result(server)
+
+    def on_pool_error(self, exc: ProxyError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class ServerSession(asyncio.Protocol):
+    """Base of a connection from poolproxy to a database server."""
+
+    #: Bytes that tell the server we are leaving (Terminate / COM_QUIT).
+    GOODBYE = b""
+
+    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.state = ServerState.LOGIN
+        self.client: Any = None
+        now = pool.clock()
+        self.created_at = now
+        self.last_used = now
+        self.expires_at = pool.lifetime_deadline(now)
+        self.close_reason: CloseReason | None = None
+        self._throttled_client: Any = None
+        self._inbox: deque[tuple[int, bytes]] = deque()
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._lost: BaseException | None = None
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def _frame(self, data: bytes) -> list[tuple[int, bytes]] | None:
+        """Whole messages of an internal exchange; None when none is running (idle)."""
+        raise NotImplementedError
+
+    def _unlinked_data(self, data: bytes) -> None:
+        try:
+            messages = self._frame(data)
+        except ValueError as exc:  # the codecs' ProtocolError
+            self._lost = exc
+            self.close(CloseReason.SERVER_ERROR)
+            return
+        if messages is None:
+            # Idle in the pool: a server has nothing to say unless it is going away (FATAL on
+            # idle_session_timeout or terminate; MySQL's ERR 4031 on wait_timeout).
+            log.info("%r: unsolicited data from idle server; closing it", self)
+            self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
+            return
+        if messages:
+            self._inbox.extend(messages)
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or ConnectionResetError("server closed the connection")
+        was = self.state
+        self.state = ServerState.CLOSED
+        self._wake()
+        client = self.client
+        if client is not None:
+            self.client = None
+            self.pool.discard(self, CloseReason.SERVER_ERROR)  # first: frees the pool slot
+            client.server_lost(self)
+        elif was is ServerState.IDLE:
+            self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
+
+    # Backpressure: while this server's socket is full, stop reading from its client.
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None and client.transport is not None:
+            client._backpressured = True
+            client.transport.pause_reading()
+            self._throttled_client = client
+
+    def resume_writing(self) -> None:
+        client = self._throttled_client
+        if client is not None:
+            self._throttled_client = None
+            client._backpressured = False
+            if client.transport is not None and not client.transport.is_closing() \
+                    and not getattr(client, "_paused", False):
+                client.transport.resume_reading()
+
+    # ------------------------------------------------------------------ control
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def close(self, reason: CloseReason) -> None:
+        if self.state is ServerState.CLOSED:
+            return
+        log.debug("%r: closing (%s)", self, reason.value)
+        self.close_reason = reason
+        self.state = ServerState.CLOSED
+        if self.transport is not None:
+            try:
+                self.transport.write(self.GOODBYE)
+            except Exception:
+                pass
+            self.transport.close()
+
+    async def _next(self, timeout: float | None = None) -> tuple[int, bytes]:
+        """The next whole message of a login or internal exchange."""
+        while not self._inbox:
+            if self._lost is not None or self.state is ServerState.CLOSED:
+                raise ServerConnectionLost(f"server connection lost: {self._lost}")
+            self._inbox_waiter = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self._inbox_waiter, timeout)
+            finally:
+                self._inbox_waiter = None
+        return self._inbox.popleft()
+
+    async def _login(self) -> None:
+        raise NotImplementedError
+
+    async def login(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._login(), timeout)
+        except TimeoutError:
+            self.close(CloseReason.SERVER_ERROR)
+            raise ServerUnavailable(
+                f"server login timed out after {timeout:g}s (server_connect_timeout)") from None
+        except Exception:
+            self.close(CloseReason.SERVER_ERROR)
+            raise
+
+
+async def connect_and_login(factory: Callable[[], S], host: str, port: int,
+                            timeout: float) -> S:
+    """Open a TCP connection with `factory`'s protocol and log in; raise ServerUnavailable /
+    ServerLoginError with a message that says what to check."""
+    loop = asyncio.get_running_loop()
+    server = factory()
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: server, host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ServerUnavailable(
+            f"cannot connect to server {host}:{port}: {exc or 'timeout'}",
+            hint="is the database running and reachable from poolproxy?") from None
+    await server.login(timeout)
+    log.debug("%r: opened", server)
+    return server
+
+
+class ClientSession(asyncio.Protocol):
+    """Base of an application connection: backpressure toward the linked server."""
+
+    transport: asyncio.Transport | None
+    server: Any
+    _throttled: Any
+    _backpressured: bool
+
+    # While this client's socket is over its write high-water mark, stop reading from its
+    # server, so a client that does not read never makes us buffer a whole result.
+    def pause_writing(self) -> None:
+        server = self.server
+        if server is not None and server.transport is not None:
+            self._throttled = server
+            server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._resume_server()
+
+    def _resume_server(self) -> None:
+        server = self._throttled
+        if server is not None:
+            self._throttled = None
+            if server.transport is not None and not server.transport.is_closing():
+                server.transport.resume_reading()
+
+
+async def borrow(pool: Pool, loop: asyncio.AbstractEventLoop) -> Any:
+    """Check a server out from a coroutine (login-time work); raises ProxyError/TimeoutError."""
+    waiter = FutureWaiter(loop)
+    server = pool.checkout(waiter)
+    if server is not None:
+        return server
+    try:
+        return await asyncio.wait_for(waiter.future, pool.settings.query_wait_timeout or None)
+    except TimeoutError:
+        pool.cancel_wait(waiter)
+        raise
+
