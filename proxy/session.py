@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import ProxyError, ServerConnectionLost, ServerUnavailable
-from .pool import CloseReason, Pool, ServerState
+from .pool import ClientState, CloseReason, Pool, ServerState
 
 log = logging.getLogger("poolproxy.session")
 
@@ -183,12 +183,46 @@ async def connect_and_login(factory: Callable[[], S], host: str, port: int,
 
 
 class ClientSession(asyncio.Protocol):
-    """Base of an application connection: backpressure toward the linked server."""
+    """Base of an application connection: backpressure toward the linked server, and the
+    bookkeeping when it goes away."""
 
     transport: asyncio.Transport | None
     server: Any
+    pool: Pool | None
+    listener: Any
+    state: ClientState
     _throttled: Any
     _backpressured: bool
+    _login_timer: asyncio.TimerHandle | None
+
+    def _disconnect(self) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        was = self.state
+        self.state = ClientState.CLOSED
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        self.listener.client_disconnected(self)
+        pool = self.pool
+        if pool is None:
+            return
+        if was is ClientState.WAITING:
+            pool.cancel_wait(self)  # type: ignore[arg-type]  # subclasses are waiters
+        if was is not ClientState.LOGIN:
+            pool.clients -= 1
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        server.client = None
+        if server.state is ServerState.CLOSED:
+            pool.discard(server, CloseReason.SERVER_ERROR)
+        else:
+            self._leave_server(pool, server)
+
+    def _leave_server(self, pool: Pool, server: Any) -> None:
+        """The client left while holding `server`: reset and return it, or close it."""
+        raise NotImplementedError
 
     # While this client's socket is over its write high-water mark, stop reading from its
     # server, so a client that does not read never makes us buffer a whole result.

@@ -23,7 +23,7 @@ from ..errors import (
     TooManyConnections,
     UnknownDatabase,
 )
-from ..pool import ClientState, CloseReason, Pool, ServerState
+from ..pool import ClientState, CloseReason, Pool
 from ..session import ClientSession, borrow
 from . import codec
 from .server import BASE_CAPS
@@ -515,29 +515,8 @@ class ClientConnection(ClientSession):
             "the transaction was rolled back", hint="retry the transaction"), 1, fatal=False)
 
     # ------------------------------------------------------------------ teardown
-    def _disconnect(self) -> None:
-        if self.state is ClientState.CLOSED:
-            return
-        was = self.state
-        self.state = ClientState.CLOSED
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-        self.listener.client_disconnected(self)
-        pool = self.pool
-        if pool is None:
-            return
-        if was is ClientState.WAITING:
-            pool.cancel_wait(self)
-        if was is not ClientState.LOGIN:
-            pool.clients -= 1
-        server = self.server
-        if server is None:
-            return
-        self.server = None
-        server.client = None
-        if server.state is ServerState.CLOSED:
-            pool.discard(server, CloseReason.SERVER_ERROR)
-        elif self.pending or self.infile:
+    def _leave_server(self, pool: Pool, server: ServerConnection) -> None:
+        if self.pending or self.infile:
             pool.discard(server, CloseReason.CLIENT_ABORT)
         else:
             self.listener.spawn(reset_server(pool, server, pinned=self.pinned is not None

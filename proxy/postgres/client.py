@@ -27,7 +27,7 @@ from ..errors import (
     TooManyConnections,
     UnknownDatabase,
 )
-from ..pool import ClientState, CloseReason, Pool, ServerState
+from ..pool import ClientState, CloseReason, Pool
 from ..session import ClientSession, borrow
 from . import codec
 from .codec import (
@@ -727,29 +727,8 @@ class ClientConnection(ClientSession):
         self.copy_mode = False
 
     # ------------------------------------------------------------------ teardown
-    def _disconnect(self) -> None:
-        if self.state is ClientState.CLOSED:
-            return
-        was = self.state
-        self.state = ClientState.CLOSED
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-        self.listener.client_disconnected(self)
-        pool = self.pool
-        if pool is None:
-            return
-        if was is ClientState.WAITING:
-            pool.cancel_wait(self)
-        if was is not ClientState.LOGIN:
-            pool.clients -= 1
-        server = self.server
-        if server is None:
-            return
-        self.server = None
-        server.client = None
-        if server.state is ServerState.CLOSED:
-            pool.discard(server, CloseReason.SERVER_ERROR)
-        elif self.scanner.in_message or self.pending > 0 or self.copy_mode or server.swallow:
+    def _leave_server(self, pool: Pool, server: ServerConnection) -> None:
+        if self.scanner.in_message or self.pending > 0 or self.copy_mode or server.swallow:
             # The server is mid-request for a client that is gone: its state is unknown. Cancel
             # what it runs (closing alone leaves the backend working until its query ends).
             if self.pending > 0 and not self.scanner.in_message:
