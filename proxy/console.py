@@ -132,22 +132,24 @@ class Console:
                 ("total_received", INT8), ("total_sent", INT8), ("total_xact_time", INT8),
                 ("total_query_time", INT8), ("total_wait_time", INT8), ("avg_xact_count", INT8),
                 ("avg_query_count", INT8), ("avg_recv", INT8), ("avg_sent", INT8),
-                ("avg_xact_time", INT8), ("avg_query_time", INT8), ("avg_wait_time", INT8)]
-        per_db: dict[str, list[float]] = {}
-        for _rt, pool in self._pools():
+                ("avg_xact_time", INT8), ("avg_query_time", INT8), ("avg_wait_time", INT8),
+                ("listener", TEXT)]
+        per_db: dict[tuple[str, str], list[float]] = {}
+        for rt, pool in self._pools():
             st = pool.stats
-            acc = per_db.setdefault(pool.database, [0.0] * 7)
+            acc = per_db.setdefault((pool.database, rt.name), [0.0] * 7)
             for i, v in enumerate((st.transactions, st.queries, st.bytes_in, st.bytes_out,
                                    st.xact_time_total, st.xact_time_total, st.wait_time_total)):
                 acc[i] += v
         uptime = max(time.time() - self.started, 1e-9)
         rows = []
-        for db, (xacts, queries, rx, tx, xtime, qtime, wtime) in sorted(per_db.items()):
+        for (db, listener), (xacts, queries, rx, tx, xtime, qtime, wtime) in sorted(
+                per_db.items()):
             rows.append([db, int(xacts), int(queries), int(rx), int(tx), _us(xtime), _us(qtime),
                          _us(wtime), int(xacts / uptime), int(queries / uptime), int(rx / uptime),
                          int(tx / uptime), _us(xtime / xacts) if xacts else 0,
                          _us(qtime / queries) if queries else 0,
-                         _us(wtime / xacts) if xacts else 0])
+                         _us(wtime / xacts) if xacts else 0, listener])
         return _result(cols, rows, "SHOW")
 
     _CONN_COLS = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("state", TEXT),
@@ -206,7 +208,9 @@ class Console:
                 settings = cfg.settings_for(db, None)
                 current = sum(p.total for p in rt.pools.values()
                               if name == "*" or p.database == name)
-                paused = any(p.paused for p in rt.pools.values() if p.database == name)
+                held = self.daemon.paused_databases
+                paused = "*" in held or name in held or any(
+                    p.paused for p in rt.pools.values() if p.database == name)
                 rows.append([name, cfg.server.host, cfg.server.port, db.dbname or name, "",
                              settings.pool_size, settings.min_pool_size,
                              settings.reserve_pool_size, settings.pool_mode,

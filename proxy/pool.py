@@ -251,7 +251,9 @@ class Pool:
             self._maybe_open()
             self.top_up()
             return
-        if self.total > self.limit and not self.waiters:
+        if self.total >= self.limit:
+            # Over the limit counting this server (pool_size lowered by a reload): shrink even
+            # under load; the waiters get the servers that remain.
             self._close(server, CloseReason.POOL_LIMIT)
             return
         self._hand_out(server)
@@ -432,6 +434,8 @@ class Pool:
                 self._lifetime_budget -= 1
                 self.idle.remove(server)
                 self._close(server, CloseReason.LIFETIME)
+        while self.idle and self.total > self.limit:
+            self._close(self.idle.popleft(), CloseReason.POOL_LIMIT)
         self.top_up()
         if self.waiters:
             self._maybe_open()  # reserve_pool_timeout may have passed
