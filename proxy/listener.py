@@ -73,6 +73,7 @@ class ListenerRuntime:
 
             pool = Pool(cfg.name, database, user, settings, connect, self.clock)
             pool.variant = variant
+            pool.auto = database not in cfg.databases
             pool.db_has_room = lambda: self._db_has_room(pool)
             paused = self.paused_databases
             pool.paused = "*" in paused or database in paused

@@ -76,6 +76,10 @@ class Waiter(Protocol):
 
 Clock = Callable[[], float]
 
+#: How long a "*"-matched database keeps idle servers once its last client has left. Below
+#: PostgreSQL's 5 s wait in DROP DATABASE, so dropping a database right after use works.
+NO_CLIENT_GRACE = 2.0
+
 
 #: Histogram bucket upper bounds (seconds): sub-millisecond waits up to multi-second ones.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -134,6 +138,10 @@ class Pool:
         #: Set by the listener: True while max_db_connections leaves room for one more.
         self.db_has_room: Callable[[], bool] = lambda: True
         #: server_idle_timeout lowered below the database's own idle limit (None: as configured).
+        #: A database reached through "*": when no client uses it for NO_CLIENT_GRACE, its idle
+        #: servers close, so that DROP DATABASE works (Django's test runner needs it).
+        self.auto = False
+        self.clients_gone_at = 0.0
         self.idle_timeout_cap: float | None = None
         self.db_idle_limit: float | None = None
         self._lifetime_budget = max(1, settings.pool_size // 8)
@@ -436,6 +444,11 @@ class Pool:
                 self._close(server, CloseReason.LIFETIME)
         while self.idle and self.total > self.limit:
             self._close(self.idle.popleft(), CloseReason.POOL_LIMIT)
+        if self.auto and not self.clients and not self.waiters and self.clients_gone_at \
+                and now - self.clients_gone_at >= NO_CLIENT_GRACE:
+            while self.idle:
+                self._close(self.idle.popleft(), CloseReason.IDLE_TIMEOUT)
+            return
         self.top_up()
         if self.waiters:
             self._maybe_open()  # reserve_pool_timeout may have passed

@@ -210,6 +210,8 @@ class ClientSession(asyncio.Protocol):
             pool.cancel_wait(self)  # type: ignore[arg-type]  # subclasses are waiters
         if was is not ClientState.LOGIN:
             pool.clients -= 1
+            if not pool.clients:
+                pool.clients_gone_at = pool.clock()
         server = self.server
         if server is None:
             return
