@@ -186,7 +186,9 @@ class Daemon:
         from .admin import AdminServer
         from .metrics import PoolproxyCollector
         registry = CollectorRegistry()
-        registry.register(PoolproxyCollector(lambda: self.listeners))
+        registry.register(PoolproxyCollector(
+            lambda: self.listeners,
+            effective=lambda pool: {"server_idle_timeout": pool.idle_timeout}))
         self.admin = AdminServer(registry, self.ready, self.pools_snapshot)
         await self.admin.start(admin.listen_host, admin.listen_port)
 

@@ -91,9 +91,20 @@ class ServerSession(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = exc or ConnectionResetError("server closed the connection")
+    def lost_now(self) -> None:
+        """The server announced it is going away: close it and handle the loss right now, so
+        no client byte is written to it in between."""
         was = self.state
+        self.close(CloseReason.SERVER_ERROR)
+        self._handle_loss(ConnectionResetError("server is going away"), was)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._handle_loss(exc or ConnectionResetError("server closed the connection"), self.state)
+
+    def _handle_loss(self, exc: BaseException, was: ServerState) -> None:
+        if self._lost is not None:
+            return  # handled already (lost_now, then the transport's own callback)
+        self._lost = exc
         self.state = ServerState.CLOSED
         self._wake()
         client = self.client
@@ -123,7 +134,10 @@ class ServerSession(asyncio.Protocol):
 
     # ------------------------------------------------------------------ control
     def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        transport = self.transport
+        if self._lost is not None or transport is None or transport.is_closing():
+            raise ServerConnectionLost("server connection lost: the connection is closed")
+        transport.write(data)
 
     def close(self, reason: CloseReason) -> None:
         if self.state is ServerState.CLOSED:

@@ -89,6 +89,7 @@ class ClientConnection(ClientSession):
         self.replay: list[tuple[int, bytes]] | None = None
         self._retried = False
         self._broken = False
+        self._autocommit_off = False
         self.infile = False
         self._buffer: list[tuple[int, bytes]] = []
         self._paused = False
@@ -386,6 +387,11 @@ class ClientConnection(ClientSession):
         self.xact_started = self.pool.clock()  # type: ignore[union-attr]
         sql = replay_sql(self.vars, server.vars, server.names_default) \
             if (self.vars or server.vars) else None
+        if self._autocommit_off:
+            # The client's previous server died while it had autocommit off: its session
+            # expects autocommit off, so the new server gets it too.
+            self._autocommit_off = False
+            sql = f"{sql}, autocommit = 0" if sql else "SET autocommit = 0"
         if sql is not None or (self.schema and self.schema != server.schema):
             self.listener.spawn(self._replay_then_send(server, sql))
             return
@@ -415,7 +421,9 @@ class ClientConnection(ClientSession):
                 if err is not None:
                     raise ServerConnectionLost(f"cannot restore schema {self.schema!r}: {err.message}")
                 server.schema = self.schema
-        except ProxyError as exc:
+        except Exception as exc:  # ProxyError, or a connection that died meanwhile
+            if not isinstance(exc, ProxyError):
+                exc = ServerConnectionLost(f"server connection lost during session replay: {exc}")
             log.warning("%r: session replay failed on %r: %s", self, server, exc.message)
             assert self.pool is not None
             self.pool.discard(server, CloseReason.SERVER_ERROR)
@@ -486,6 +494,7 @@ class ClientConnection(ClientSession):
         """Our server died while linked (see the PostgreSQL twin): replay once if no reply
         byte reached the client yet, else answer 2013 and carry on with a new server."""
         self.server = None
+        self._autocommit_off = not server.status & _AUTOCOMMIT
         self._resume_server()
         replay = self.replay
         self.replay = None
@@ -537,8 +546,8 @@ async def reset_server(pool: Pool, server: ServerConnection, *, pinned: bool) ->
                 await server.run_sql("SET autocommit=1")
         if server.in_transaction():
             raise ServerConnectionLost("server still in a transaction after reset")
-    except ProxyError as exc:
-        log.info("%r: reset failed (%s); closing it", server, exc.message)
+    except Exception as exc:  # whatever went wrong, the server must leave the pool
+        log.info("%r: reset failed (%s); closing it", server, exc)
         pool.discard(server, CloseReason.SERVER_ERROR)
         return
     pool.checkin(server)

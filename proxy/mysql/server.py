@@ -32,6 +32,11 @@ BASE_CAPS = (codec.CLIENT_LONG_PASSWORD | codec.CLIENT_LONG_FLAG | codec.CLIENT_
              | codec.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | codec.CLIENT_CONNECT_ATTRS)
 
 
+#: ERR codes a server sends as it drops the connection: connection killed (MariaDB 1927),
+#: ER_SERVER_SHUTDOWN 1053, ER_CLIENT_INTERACTION_TIMEOUT 4031 (MySQL 8 wait_timeout).
+_GOING_AWAY = frozenset((1927, 1053, 4031, 1152))
+
+
 class ServerConnection(ServerSession):
     """One connection from poolproxy to a MySQL/MariaDB server."""
 
@@ -68,6 +73,15 @@ class ServerConnection(ServerSession):
             return
         tracker = self.tracker
         assert tracker is not None
+        if data[4:5] == b"\xff" and len(data) >= 7 and (client.replay is not None
+                                                         or not client.pending):
+            errno = data[5] | data[6] << 8
+            if errno in _GOING_AWAY:
+                # Killed, timed out or shutting down, before any reply reached the client (or
+                # unsolicited): not the client's answer. Treat the server as lost instead.
+                log.info("%r: server is going away (ERR %d)", self, errno)
+                self.lost_now()
+                return
         try:
             done = tracker.feed_data(data)
         except codec.ProtocolError as exc:

@@ -754,8 +754,8 @@ async def reset_server(pool: Pool, server: ServerConnection, *, rollback: bool, 
                 raise ServerConnectionLost(f"DISCARD ALL failed: {errors[0].get('M')}")
         if server.tx_status != _I:
             raise ServerConnectionLost("server still in a transaction after reset")
-    except ProxyError as exc:
-        log.info("%r: reset failed (%s); closing it", server, exc.message)
+    except Exception as exc:  # whatever went wrong, the server must leave the pool
+        log.info("%r: reset failed (%s); closing it", server, exc)
         pool.discard(server, CloseReason.SERVER_ERROR)
         return
     pool.checkin(server)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..auth import md5 as md5auth
 from ..auth import scram
-from ..errors import ServerConnectionLost, ServerLoginError
+from ..errors import ServerConnectionLost, ServerLoginError, ServerUnavailable
 from ..pool import CloseReason, Pool, ServerState
 from ..session import ServerSession, connect_and_login
 from . import codec
@@ -34,6 +34,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("poolproxy.postgres.server")
 
 _I = 0x49  # ReadyForQuery status 'I': idle, no transaction
+
+
+#: Login errors that pass by themselves: admin shutdown, crash shutdown, cannot connect now,
+#: too many connections.
+_TRANSIENT_LOGIN = frozenset(("57P01", "57P02", "57P03", "53300"))
+
+
+def _is_fatal(body: bytes) -> bool:
+    return b"SFATAL\x00" in body or b"SPANIC\x00" in body or b"VFATAL\x00" in body
+
+
+def _fatal_text(body: bytes) -> tuple[str, str]:
+    fields = codec.parse_error_fields(body)
+    return fields.get("C", "?"), fields.get("M", "")
 
 
 class ServerConnection(ServerSession):
@@ -89,9 +103,20 @@ class ServerConnection(ServerSession):
             data, events = self._swallow(data, events)
             if not data:
                 return
-        stats.bytes_out += len(data)
         release = False
-        for t, body, _end in events:
+        for t, body, end in events:
+            if t == MSG_ERROR and _is_fatal(body):
+                # The server is going away (terminated, shutting down). Never hand its FATAL to
+                # the client, which would drop its own connection: forward what came before,
+                # then treat the server as lost (transparent retry, or 08006 and go on).
+                start = end - len(body) - 5
+                if start > 0:
+                    stats.bytes_out += start
+                    client.replay = None
+                    client.transport.write(data[:start])  # type: ignore[union-attr]
+                log.info("%r: server sent FATAL %s: %s", self, *_fatal_text(body))
+                self.lost_now()
+                return
             if t == MSG_READY_FOR_QUERY:
                 status = body[0]
                 self.tx_status = status
@@ -111,6 +136,7 @@ class ServerConnection(ServerSession):
                 self.param_sig = client.param_sig = None
             elif t == MSG_COPY_IN or t == MSG_COPY_BOTH:
                 client.enter_copy_in()
+        stats.bytes_out += len(data)
         client.replay = None
         client.transport.write(data)  # type: ignore[union-attr]
         if release:
@@ -186,6 +212,10 @@ class ServerConnection(ServerSession):
                 self.key = codec.parse_backend_key(body)
             elif t == MSG_ERROR:
                 fields = codec.parse_error_fields(body)
+                if fields.get("C") in _TRANSIENT_LOGIN:
+                    # Shutting down / starting up / crash recovery: the server will be back;
+                    # waiting clients keep waiting (retry) instead of failing fast.
+                    raise ServerUnavailable(f"server not accepting logins yet: {fields.get('M')}")
                 raise ServerLoginError(
                     f"server login failed: {fields.get('M', 'unknown error')}",
                     sqlstate=fields.get("C", "08006"), detail=fields.get("D"),
