@@ -92,8 +92,10 @@ class ServerSession(asyncio.Protocol):
             waiter.set_result(None)
 
     def lost_now(self) -> None:
-        """The server announced it is going away: close it and handle the loss right now, so
-        no client byte is written to it in between."""
+        """The server announced it is going away (or was found closed): close it and handle the
+        loss right now, so no client byte is written to it in between."""
+        if self._lost is not None:
+            return
         was = self.state
         self.close(CloseReason.SERVER_ERROR)
         self._handle_loss(ConnectionResetError("server is going away"), was)
@@ -208,6 +210,7 @@ class ClientSession(asyncio.Protocol):
     _throttled: Any
     _backpressured: bool
     _login_timer: asyncio.TimerHandle | None
+    _retries: int
 
     def _disconnect(self) -> None:
         if self.state is ClientState.CLOSED:
@@ -235,6 +238,17 @@ class ClientSession(asyncio.Protocol):
             pool.discard(server, CloseReason.SERVER_ERROR)
         else:
             self._leave_server(pool, server)
+
+    def _may_retry(self) -> bool:
+        """A request no reply byte of which reached the client may go to another server. When
+        the database dropped all pooled connections at once, the next idle one may be dead
+        too: allow enough tries to reach a fresh connection, but never loop."""
+        pool = self.pool
+        limit = (pool.settings.pool_size + 2) if pool is not None else 1
+        if self._retries >= limit:
+            return False
+        self._retries += 1
+        return True
 
     def _leave_server(self, pool: Pool, server: Any) -> None:
         """The client left while holding `server`: reset and return it, or close it."""

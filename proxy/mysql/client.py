@@ -87,7 +87,7 @@ class ClientConnection(ClientSession):
         #: Commands sent in this transaction before any reply byte came back: replayed once
         #: on a new server if the first one turns out dead (None once the reply started).
         self.replay: list[tuple[int, bytes]] | None = None
-        self._retried = False
+        self._retries = 0
         self._broken = False
         self._autocommit_off = False
         self.infile = False
@@ -357,10 +357,16 @@ class ClientConnection(ClientSession):
         server.start_command(cmd)
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
         if codec.response_mode_for_command(cmd) is codec.ResponseMode.NO_RESPONSE:
-            server.write(data)
+            try:
+                server.write(data)
+            except ServerConnectionLost:
+                server.lost_now()
             return
         self.pending = 1
-        server.write(data)
+        try:
+            server.write(data)
+        except ServerConnectionLost:
+            server.lost_now()  # its loss is handled now: retry or answer 2013
 
     def _pin(self, reason: str) -> None:
         if self.pinned is None:
@@ -424,12 +430,19 @@ class ClientConnection(ClientSession):
         except Exception as exc:  # ProxyError, or a connection that died meanwhile
             if not isinstance(exc, ProxyError):
                 exc = ServerConnectionLost(f"server connection lost during session replay: {exc}")
-            log.warning("%r: session replay failed on %r: %s", self, server, exc.message)
-            assert self.pool is not None
-            self.pool.discard(server, CloseReason.SERVER_ERROR)
+            log.info("%r: session replay failed on %r: %s", self, server, exc.message)
+            pool = self.pool
+            assert pool is not None
+            pool.discard(server, CloseReason.SERVER_ERROR)
             if self.state is ClientState.WAITING:
+                if self._may_retry():
+                    new = pool.checkout(self)
+                    if new is not None:
+                        self.on_server(new)
+                    return
                 self._buffer.clear()
-                self.fail(exc, 1)
+                self.state = ClientState.IDLE
+                self.fail(exc, 1, fatal=False)
             return
         if self.state is not ClientState.WAITING:  # client left meanwhile
             assert self.pool is not None
@@ -479,7 +492,7 @@ class ClientConnection(ClientSession):
         self.idle_since = now
         if self.infile or server.in_transaction():
             return
-        self._retried = False
+        self._retries = 0
         pool.transaction_done(now - self.xact_started)
         if self.pinned is not None or self.session_mode:
             self.xact_started = now
@@ -499,8 +512,7 @@ class ClientConnection(ClientSession):
         replay = self.replay
         self.replay = None
         self.infile = False
-        if replay and not self._retried and self.state is ClientState.ACTIVE:
-            self._retried = True
+        if replay and self._may_retry() and self.state is ClientState.ACTIVE:
             log.info("%r: server connection was dead; retrying on a new one", self)
             self.state = ClientState.WAITING
             self._buffer = list(replay)

@@ -98,7 +98,8 @@ class ClientConnection(ClientSession):
         #: server if the first one turns out dead (None once the reply started).
         self.replay: list[bytes] | None = None
         self._broken = False  # our server died inside the client's transaction
-        self._retried = False
+        self._error_sent = False
+        self._retries = 0
         self.key = (0, 0)
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -506,11 +507,17 @@ class ClientConnection(ClientSession):
             if not data:
                 return
         if self._broken:
-            # The transaction this request belongs to died with its server: answer it with
-            # the error instead of running it outside the transaction the client expects.
+            # The transaction this request belongs to died with its server: answer it the way
+            # PostgreSQL answers a failed request — ErrorResponse at once, then discard until
+            # Sync and send ReadyForQuery — instead of running it outside that transaction.
+            if not self._error_sent:
+                self._error_sent = True
+                self.transport.write(self._lost_error())  # type: ignore[union-attr]
             if self.pending > 0:
-                self._broken = False
-                self._answer_lost(self.pending)
+                self.transport.write(codec.ready_for_query(b"I") * self.pending)  # type: ignore[union-attr]
+                self._broken = self._error_sent = False
+                self.pending = 0
+                self.unsynced = False
             return
         self.unsynced = self.scanner.last not in _SYNC_POINTS
         server = self.server
@@ -663,7 +670,7 @@ class ClientConnection(ClientSession):
         now = pool.clock()
         pool.transaction_done(now - self.xact_started)
         self.idle_since = now
-        self._retried = False
+        self._retries = 0
         if self.pinned is not None or self.session_mode:
             self.xact_started = now  # the server stays; the next transaction starts now
             return
@@ -697,8 +704,7 @@ class ClientConnection(ClientSession):
         self._resume_server()
         replay = self.replay
         self.replay = None
-        if replay is not None and not self._retried and self.state is ClientState.ACTIVE:
-            self._retried = True
+        if replay is not None and self.state is ClientState.ACTIVE and self._may_retry():
             log.info("%r: server connection was dead; retrying on a new one", self)
             self.state = ClientState.WAITING
             self._buffer = replay
@@ -716,11 +722,15 @@ class ClientConnection(ClientSession):
         else:
             self._broken = True  # idle in transaction: the next request gets the error
 
-    def _answer_lost(self, owed: int) -> None:
+    @staticmethod
+    def _lost_error() -> bytes:
         err = ServerConnectionLost(
             "server connection lost: the database closed the connection during the transaction",
             hint="the transaction was rolled back; retry it")
-        out = codec.error_response(err.sqlstate, err.message, hint=err.hint)
+        return codec.error_response(err.sqlstate, err.message, hint=err.hint)
+
+    def _answer_lost(self, owed: int) -> None:
+        out = self._lost_error()
         self.transport.write(out + codec.ready_for_query(b"I") * max(owed, 1))  # type: ignore[union-attr]
         self.pending = 0
         self.unsynced = False
