@@ -31,6 +31,10 @@ class AdminServer:
         self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
         log.info("admin HTTP on %s:%d", host, port)
 
+    async def start_unix(self, path: str) -> None:
+        """Serve on a unix socket (a worker's admin server, read by the supervisor)."""
+        self.server = await asyncio.start_unix_server(self._handle, path)
+
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -48,7 +52,7 @@ class AdminServer:
                     return
                 method, target, version = parts
                 keep_alive = version == "HTTP/1.1" and b"connection: close" not in request.lower()
-                status, ctype, body = self._route(method, target.split("?", 1)[0])
+                status, ctype, body = await self.respond(method, target.split("?", 1)[0])
                 head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
                         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                         f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
@@ -60,6 +64,9 @@ class AdminServer:
             pass
         finally:
             writer.close()
+
+    async def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+        return self._route(method, path)
 
     def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):

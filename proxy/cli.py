@@ -28,7 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .daemon import run
     from .logs import setup_logging
-    setup_logging(config.logging.level, config.logging.format)
+    from .workers import WorkerContext, run_supervisor
+    worker = WorkerContext.from_env()
+    setup_logging(config.logging.level, config.logging.format,
+                  None if worker is None else worker.index)
+    if worker is not None:  # started by the supervisor: one of `workers` processes
+        return run(config.for_worker(worker.index, worker.count), worker=worker)
+    if config.workers > 1:
+        return run_supervisor(config)
     return run(config)
 
 

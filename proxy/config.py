@@ -157,10 +157,20 @@ class ListenerConfig:
     settings: PoolSettings  # defaults merged with listener-level overrides
     # Extra (not in the original contract): the overrides given on the listener itself.
     overrides: Mapping[str, Any] = field(default_factory=_empty_mapping)
+    #: (worker index, worker count): with `workers: N` each worker process runs its own pools
+    #: with its share of the connection limits (see `share_settings`).
+    share: tuple[int, int] = (0, 1)
 
     @property
     def listen_address(self) -> str:
         return format_address(self.listen_host, self.listen_port)
+
+    @property
+    def client_limit(self) -> int:
+        """max_client_conn for this process (its share of it with `workers`)."""
+        index, count = self.share
+        total = self.settings.max_client_conn
+        return total if count == 1 else worker_share(total, index, count, 1)
 
     def database(self, requested: str) -> DatabaseConfig | None:
         """The database entry for a client-requested name: exact name first, then "*"."""
@@ -181,7 +191,9 @@ class ListenerConfig:
             merged.update(database.overrides)
         if user is not None:
             merged.update(user.overrides)
-        return replace(self.settings, **merged) if merged else self.settings
+        settings = replace(self.settings, **merged) if merged else self.settings
+        index, count = self.share
+        return settings if count == 1 else share_settings(settings, index, count)
 
     def server_dbname(self, requested: str) -> str | None:
         """The server database for a client-requested name; None if the name is not served."""
@@ -189,6 +201,28 @@ class ListenerConfig:
         if db is None:
             return None
         return requested if db.dbname is None else db.dbname
+
+
+#: Connection limits a worker process gets a share of (0 = unlimited stays 0).
+_SHARED_LIMITS: Final = {"pool_size": 1, "min_pool_size": 0, "reserve_pool_size": 0,
+                         "max_db_connections": 1, "max_client_conn": 1}
+
+
+def worker_share(total: int, index: int, count: int, minimum: int) -> int:
+    """Worker `index`'s part of `total` split over `count` workers: the parts add up to
+    `total` (the first `total % count` workers get one more), but never below `minimum`."""
+    if total <= 0:
+        return total
+    return max(minimum, total // count + (1 if index < total % count else 0))
+
+
+def share_settings(settings: PoolSettings, index: int, count: int) -> PoolSettings:
+    """The settings one of `count` worker processes applies: its share of every connection
+    limit, so that all workers together stay within the configured numbers."""
+    shares: dict[str, Any] = {
+        name: worker_share(getattr(settings, name), index, count, minimum)
+        for name, minimum in _SHARED_LIMITS.items()}
+    return replace(settings, **shares)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +249,14 @@ class Config:
     logging: LoggingConfig
     defaults: PoolSettings
     listeners: tuple[ListenerConfig, ...]
+    #: Worker processes sharing the listen sockets (1 = everything in one process).
+    workers: int = 1
+
+    def for_worker(self, index: int, count: int | None = None) -> Config:
+        """This config as worker `index` of `count` (default `workers`) applies it: its share
+        of the connection limits."""
+        share = (index, self.workers if count is None else count)
+        return replace(self, listeners=tuple(replace(lst, share=share) for lst in self.listeners))
 
     def listener(self, name: str) -> ListenerConfig:
         """The listener called ``name``; KeyError if there is none."""
@@ -599,7 +641,8 @@ def _addresses_conflict(a: tuple[str, int], b: tuple[str, int]) -> bool:
 # Sections
 # --------------------------------------------------------------------------------------------
 
-_TOP_KEYS: Final = ("admin", "logging", "defaults", "listeners")
+_TOP_KEYS: Final = ("admin", "logging", "defaults", "listeners", "workers")
+MAX_WORKERS: Final = 64
 _ADMIN_KEYS: Final = ("listen", "admin_users")
 _LOGGING_KEYS: Final = ("level", "format")
 _LISTENER_KEYS: Final = ("name", "protocol", "listen", "server", "databases", "auth", "users")
@@ -823,6 +866,11 @@ def parse_config(
 
     admin = _parse_admin(data.get("admin"))
     logging_config = _parse_logging(data.get("logging"))
+    workers = 1
+    if data.get("workers") is not None:
+        workers = _parse_int(data["workers"], "workers", 1)
+        if workers > MAX_WORKERS:
+            raise ConfigError("workers", f"must be at most {MAX_WORKERS}")
 
     defaults_raw = _as_mapping(data.get("defaults"), "defaults")
     _check_keys(defaults_raw, SETTING_NAMES, "defaults")
@@ -866,6 +914,7 @@ def parse_config(
         logging=logging_config,
         defaults=defaults,
         listeners=tuple(listeners),
+        workers=workers,
     )
 
 
@@ -973,6 +1022,8 @@ def summary(config: Config) -> str:
     admin_users = ", ".join(config.admin.admin_users) or "(none)"
     lines.append(f"{admin}; admin users: {admin_users}")
     lines.append(f"logging: level={config.logging.level} format={config.logging.format}")
+    if config.workers > 1:
+        lines.append(f"workers: {config.workers} processes, each with its share of the pool limits")
     lines.append(
         "defaults: "
         + " ".join(
@@ -1022,6 +1073,7 @@ def config_to_dict(config: Config, *, include_passwords: bool = False) -> dict[s
             "admin_users": list(config.admin.admin_users),
         },
         "logging": {"level": config.logging.level, "format": config.logging.format},
+        "workers": config.workers,
         "defaults": settings(config.defaults),
         "listeners": [
             {

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -78,19 +80,38 @@ class Console:
                 raise ConsoleError(f"unknown SHOW command: {arg or '(none)'}; try SHOW POOLS, "
                                    "STATS, SERVERS, CLIENTS, DATABASES, CONFIG, VERSION")
             return handler()
+        worker = self.daemon.worker
         if verb == "RELOAD":
-            if not self.daemon.reload():
+            if worker is not None:
+                # Every worker reloads: the supervisor checks the file and signals them all.
+                from .config import ConfigError, load_config
+                try:
+                    load_config(self.daemon.config.source)
+                except ConfigError as exc:
+                    raise ConsoleError(f"RELOAD failed: the config file is invalid: {exc}; "
+                                       "the running config is kept", "F0000") from None
+                os.kill(os.getppid(), signal.SIGHUP)
+            elif not self.daemon.reload():
                 raise ConsoleError("RELOAD failed: the config file is invalid (see the log); "
                                    "the running config is kept", "F0000")
             return codec.command_complete("RELOAD")
         if verb == "PAUSE":
-            await self.pause(arg or None)
+            found = await self.pause(arg or None, strict=worker is None)
+            if worker is not None:
+                found = self._all_workers(await worker.broadcast(f"pause {arg or '*'}"), found)
+                if not found:
+                    raise ConsoleError(f"no pool for database {arg!r}", "3D000")
             return codec.command_complete("PAUSE")
         if verb == "RESUME":
             self.resume(arg or None)
+            if worker is not None:
+                self._all_workers(await worker.broadcast(f"resume {arg or '*'}"), True)
             return codec.command_complete("RESUME")
         if verb == "SHUTDOWN":
-            self.daemon.request_stop()
+            if worker is not None:
+                os.kill(os.getppid(), signal.SIGTERM)  # the supervisor stops every worker
+            else:
+                self.daemon.request_stop()
             return codec.command_complete("SHUTDOWN")
         raise ConsoleError(f"unknown command: {verb}; poolproxy's console supports SHOW, RELOAD, "
                            "PAUSE, RESUME, SHUTDOWN")
@@ -249,17 +270,30 @@ class Console:
         return _result([("list", TEXT), ("items", INT8)], rows, "SHOW")
 
     # ------------------------------------------------------------------ PAUSE / RESUME
-    async def pause(self, database: str | None) -> None:
-        """Hold new transactions, wait for running ones to finish (database maintenance)."""
+    @staticmethod
+    def _all_workers(answers: list[str], found: bool) -> bool:
+        """The other workers' answers to a broadcast PAUSE/RESUME: raise if one failed;
+        whether any worker (or this one: `found`) has a pool for the database."""
+        errors = [a for a in answers if a.startswith("error")]
+        if errors:
+            raise ConsoleError(f"not every worker did it: {'; '.join(errors)}", "58000")
+        return found or any(a == "ok" for a in answers)
+
+    async def pause(self, database: str | None, strict: bool = True) -> bool:
+        """Hold new transactions, wait for running ones to finish (database maintenance).
+        Returns whether there was a pool for `database`; raises if not and `strict`."""
         pools = [p for _rt, p in self._pools(database)]
         if database is not None and not pools:
-            raise ConsoleError(f"no pool for database {database!r}", "3D000")
+            if strict:
+                raise ConsoleError(f"no pool for database {database!r}", "3D000")
+            return False
         self.daemon.paused_databases.add(database or "*")
         for pool in pools:
             pool.paused = True
         while any(p.active or p.testing or p.opening for p in pools):
             await asyncio.sleep(0.05)
         log.info("paused %s", database or "all databases")
+        return True
 
     def resume(self, database: str | None) -> None:
         self.daemon.paused_databases.discard(database or "*")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -19,6 +20,7 @@ from .errors import ShuttingDown
 from .janitor import Janitor
 from .listener import ListenerRuntime
 from .pool import CloseReason, Pool
+from .workers import WorkerContext
 
 log = logging.getLogger("poolproxy.daemon")
 
@@ -61,9 +63,13 @@ async def _mysql_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
 
 
 class Daemon:
-    def __init__(self, config: Config, clock: Any = time.monotonic) -> None:
+    def __init__(self, config: Config, clock: Any = time.monotonic,
+                 worker: WorkerContext | None = None) -> None:
         self.config = config
         self.clock = clock
+        #: Set when this process is one of several workers (see proxy/workers.py).
+        self.worker = worker
+        self._control_server: asyncio.AbstractServer | None = None
         self.listeners: list[ListenerRuntime] = []
         self.draining = False
         self._stop = asyncio.Event()
@@ -113,9 +119,16 @@ class Daemon:
         for rt in self.listeners:
             lcfg = rt.config
             host = lcfg.listen_host or None
-            rt.server = await loop.create_server(
-                rt.protocol_factory, host, lcfg.listen_port,  # type: ignore[attr-defined]
-                reuse_address=True, backlog=1024)
+            inherited = self.worker.fds.get(lcfg.name) if self.worker is not None else None
+            if inherited is not None:
+                # The supervisor bound it; every worker accepts on the same socket.
+                rt.server = await loop.create_server(
+                    rt.protocol_factory,  # type: ignore[attr-defined]
+                    sock=socket.socket(fileno=inherited), backlog=1024)
+            else:
+                rt.server = await loop.create_server(
+                    rt.protocol_factory, host, lcfg.listen_port,  # type: ignore[attr-defined]
+                    reuse_address=True, backlog=1024)
             for sock in rt.server.sockets:
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -133,6 +146,8 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload rejected, keeping the running config: %s", exc)
             return False
+        if self.worker is not None:
+            new = new.for_worker(self.worker.index, self.worker.count)
         by_name = {lcfg.name: lcfg for lcfg in new.listeners}
         for rt in self.listeners:
             lcfg = by_name.get(rt.name)
@@ -174,13 +189,62 @@ class Daemon:
         await self.start()
         await self.bind()
         await self.start_admin()
+        if self.worker is not None:
+            await self._start_worker_services(self.worker)
         await self._stop.wait()
         await self.shutdown()
+
+    # ------------------------------------------------------------------ as one of N workers
+    async def _start_worker_services(self, worker: WorkerContext) -> None:
+        self._control_server = await asyncio.start_unix_server(self._control,
+                                                               worker.control_path())
+        self._tasks.append(asyncio.ensure_future(self._watch_supervisor()))
+        log.info("worker %d of %d ready", worker.index, worker.count)
+
+    async def _watch_supervisor(self) -> None:
+        parent = os.getppid()
+        while True:
+            await asyncio.sleep(1.0)
+            if os.getppid() != parent:
+                log.warning("the supervisor is gone: stopping")
+                self.request_stop()
+                return
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One command line from another worker: cancel, pause or resume; answers one line."""
+        from .console import Console, ConsoleError
+        try:
+            words = (await asyncio.wait_for(reader.readline(), 5.0)).decode().split()
+            answer = "ok"
+            if len(words) == 4 and words[0] == "cancel":
+                rt = next((r for r in self.listeners if r.name == words[1]), None)
+                if rt is not None:
+                    rt.handle_cancel(int(words[2]), int(words[3]), forwarded=True)
+            elif len(words) == 2 and words[0] in ("pause", "resume"):
+                database = None if words[1] == "*" else words[1]
+                console = Console(self)
+                try:
+                    if words[0] == "pause":
+                        if not await console.pause(database, strict=False):
+                            answer = "nopool"
+                    else:
+                        console.resume(database)
+                except ConsoleError as exc:
+                    answer = f"error {exc}"
+            else:
+                answer = "error unknown command"
+            writer.write(answer.encode() + b"\n")
+            await writer.drain()
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.debug("control connection failed: %s", exc)
+        finally:
+            writer.close()
 
     async def start_admin(self) -> None:
         admin = self.config.admin
         if admin.listen_host is None:
             return
+        worker = self.worker
         from prometheus_client import CollectorRegistry
 
         from .admin import AdminServer
@@ -190,7 +254,10 @@ class Daemon:
             lambda: self.listeners,
             effective=lambda pool: {"server_idle_timeout": pool.idle_timeout}))
         self.admin = AdminServer(registry, self.ready, self.pools_snapshot)
-        await self.admin.start(admin.listen_host, admin.listen_port)
+        if worker is not None:
+            await self.admin.start_unix(worker.admin_path())  # the supervisor serves HTTP
+        else:
+            await self.admin.start(admin.listen_host, admin.listen_port)
 
     def ready(self) -> bool:
         """/readyz: listeners accept and the daemon is not draining."""
@@ -234,6 +301,8 @@ class Daemon:
             task.cancel()
         if self.admin is not None:
             self.admin.close()
+        if self._control_server is not None:
+            self._control_server.close()
         await asyncio.sleep(0.05)  # let transports flush their goodbyes
         log.info("poolproxy stopped")
 
@@ -246,7 +315,7 @@ class Daemon:
                                              hint="reconnect; another instance may be available"))
 
 
-def run(config: Config) -> int:
+def run(config: Config, worker: WorkerContext | None = None) -> int:
     try:
         import uvloop
         uvloop.install()
@@ -255,7 +324,7 @@ def run(config: Config) -> int:
     daemon_holder: dict[str, Daemon] = {}
 
     async def main() -> None:
-        daemon = Daemon(config)
+        daemon = Daemon(config, worker=worker)
         daemon_holder["d"] = daemon
         await daemon.run()
 

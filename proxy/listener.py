@@ -110,16 +110,25 @@ class ListenerRuntime:
         return self._next_conn_id
 
     def register_cancel_key(self, client: Any) -> tuple[int, int]:
+        index, count = self.config.share
         while True:
-            pid = secrets.randbits(31) or 1
-            if pid not in self.cancel_keys:
+            # With N workers, a key's pid is ≡ the worker's index (mod N): a cancel request
+            # that lands on another worker is forwarded to this one.
+            pid = secrets.randbits(31) // count * count + index
+            if pid and pid not in self.cancel_keys:
                 break
         self.cancel_keys[pid] = client
         return pid, secrets.randbits(32)
 
-    def handle_cancel(self, pid: int, secret: int) -> None:
+    def handle_cancel(self, pid: int, secret: int, forwarded: bool = False) -> None:
         """Route a CancelRequest to the server the client holds right now, or drop it."""
         client = self.cancel_keys.get(pid)
+        index, count = self.config.share
+        worker = self.daemon.worker if self.daemon is not None else None
+        if client is None and not forwarded and worker is not None and pid % count != index:
+            log.debug("cancel request forwarded to worker %d", pid % count)
+            self.spawn(self._forward_cancel(worker, pid % count, pid, secret))
+            return
         if client is None or client.key[1] != secret:
             log.debug("cancel request for unknown key dropped")
             return
@@ -129,6 +138,12 @@ class ListenerRuntime:
             return
         server.cancels_in_flight += 1
         self.spawn(self._cancel(server))
+
+    async def _forward_cancel(self, worker: Any, index: int, pid: int, secret: int) -> None:
+        try:
+            await worker.send_control(index, f"cancel {self.name} {pid} {secret}", 5.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot forward a cancel request to worker %d: %s", index, exc)
 
     async def cancel_server(self, server: Any) -> None:
         """Send a CancelRequest for whatever `server` is running (PostgreSQL)."""

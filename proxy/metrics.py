@@ -29,9 +29,14 @@ SERVER_STATES = ("active", "idle", "login", "testing")
 CLIENT_RESULTS = ("accepted", "auth_failed", "limit", "protocol_error")
 _CLIENT_STATE_LABEL = {ClientState.ACTIVE: "active", ClientState.WAITING: "waiting",
                        ClientState.IDLE: "idle"}
-#: Settings exported as gauges (poolproxy_<name>), per pool.
+#: Settings exported as gauges (poolproxy_<name>), per pool: limits, then durations.
+CONFIG_DURATIONS = ("server_idle_timeout", "server_lifetime", "query_wait_timeout")
 CONFIG_GAUGES = ("pool_size", "min_pool_size", "reserve_pool_size", "max_db_connections",
-                 "server_idle_timeout", "server_lifetime", "query_wait_timeout")
+                 *CONFIG_DURATIONS)
+#: Families that do not add up over worker processes (counts and limits do): the build, the
+#: oldest wait and configured durations take the largest value.
+NON_ADDITIVE = frozenset(("poolproxy_build_info", "poolproxy_max_wait_seconds",
+                          *(f"poolproxy_{name}" for name in CONFIG_DURATIONS)))
 
 
 def _pool_labels(pool: Pool) -> list[str]:

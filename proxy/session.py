@@ -202,15 +202,37 @@ class ClientSession(asyncio.Protocol):
     """Base of an application connection: backpressure toward the linked server, and the
     bookkeeping when it goes away."""
 
-    transport: asyncio.Transport | None
     server: Any
-    pool: Pool | None
-    listener: Any
-    state: ClientState
     _throttled: Any
-    _backpressured: bool
-    _login_timer: asyncio.TimerHandle | None
-    _retries: int
+    replay: list[Any] | None
+    _buffer: list[Any]
+
+    def __init__(self, listener: Any) -> None:
+        self.listener = listener
+        self.loop: asyncio.AbstractEventLoop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self._throttled = None  # server whose reading we paused
+        self._backpressured = False  # our reading paused because the server can't keep up
+        self.state = ClientState.LOGIN
+        self.peer = "?"
+        self.user = ""
+        self.pool: Pool | None = None
+        self.server = None
+        self.pinned: str | None = None
+        self.session_mode = False
+        self.key = (0, 0)  # PostgreSQL cancel key (unused for MySQL)
+        self.pending = 0  # answers the client is still owed
+        self.wait_started = 0.0
+        self.xact_started = 0.0
+        self.idle_since = 0.0  # since when no request is outstanding (janitor timeouts)
+        #: What this transaction sent before any reply byte came back: replayed once on a new
+        #: server if the first one turns out dead (None once the reply started).
+        self.replay = None
+        self._retries = 0
+        self._broken = False  # our server died inside the client's transaction
+        self._buffer = []  # what a waiting client sent, for the server it will get
+        self._paused = False
+        self._login_timer: asyncio.TimerHandle | None = None
 
     def _disconnect(self) -> None:
         if self.state is ClientState.CLOSED:

@@ -61,38 +61,20 @@ def _nonce() -> bytes:
 class ClientConnection(ClientSession):
     """One application connection to a MySQL listener."""
 
+    server: ServerConnection | None
+    _throttled: ServerConnection | None
+    replay: list[tuple[int, bytes]] | None
+    _buffer: list[tuple[int, bytes]]
+
     def __init__(self, listener: ListenerRuntime) -> None:
-        self.listener = listener
-        self.loop = listener.loop
-        self.transport: asyncio.Transport | None = None
-        self._throttled: ServerConnection | None = None  # server whose reading we paused
-        self._backpressured = False  # our reading paused because the server can't keep up
-        self.state = ClientState.LOGIN
-        self.peer = "?"
-        self.user = ""
+        super().__init__(listener)
         self.database: str | None = None
         self.caps = 0
         self.charset = codec.UTF8MB4_GENERAL_CI
-        self.pool: Pool | None = None
-        self.server: ServerConnection | None = None
-        self.pinned: str | None = None
-        self.session_mode = False
         self.vars: dict[str, str] = {}
         self.schema: str | None = None
-        self.key = (0, 0)  # PostgreSQL cancel key slot; unused for MySQL
-        self.pending = 0
-        self.wait_started = 0.0
-        self.xact_started = 0.0
-        self.idle_since = 0.0  # since when no request is outstanding (janitor timeouts)
-        #: Commands sent in this transaction before any reply byte came back: replayed once
-        #: on a new server if the first one turns out dead (None once the reply started).
-        self.replay: list[tuple[int, bytes]] | None = None
-        self._retries = 0
-        self._broken = False
         self._autocommit_off = False
         self.infile = False
-        self._buffer: list[tuple[int, bytes]] = []
-        self._paused = False
         self._analysis: Analysis | None = None
         self._init_db: str | None = None
         self._resetting = False
@@ -101,7 +83,6 @@ class ClientConnection(ClientSession):
         self._nonce = _nonce()
         self._login_step = "response"
         self._auth_seq = 0
-        self._login_timer: asyncio.TimerHandle | None = None
         self.conn_id = listener.next_connection_id()
 
     def __repr__(self) -> str:
@@ -215,10 +196,10 @@ class ClientConnection(ClientSession):
         self.charset = resp.charset
         self.database = resp.database or None
         self.schema = self.database
-        if len(lst.clients) > cfg.settings.max_client_conn:
+        if len(lst.clients) > cfg.client_limit:
             lst.count_result("limit")
             raise TooManyConnections(
-                f"Too many connections (max_client_conn={cfg.settings.max_client_conn})",
+                f"Too many connections (max_client_conn={cfg.client_limit})",
                 hint="raise max_client_conn or use fewer client connections")
         if self.database and cfg.database(self.database) is None:
             raise UnknownDatabase(f"Unknown database '{self.database}' (not configured in poolproxy)")

@@ -69,41 +69,23 @@ _IGNORED_STARTUP = frozenset(("extra_float_digits",))
 class ClientConnection(ClientSession):
     """One application connection to a PostgreSQL listener."""
 
+    server: ServerConnection | None
+    _throttled: ServerConnection | None
+    replay: list[bytes] | None
+    _buffer: list[bytes]
+
     def __init__(self, listener: ListenerRuntime) -> None:
-        self.listener = listener
-        self.loop = listener.loop
-        self.transport: asyncio.Transport | None = None
-        self._throttled: ServerConnection | None = None  # server whose reading we paused
-        self._backpressured = False  # our reading paused because the server can't keep up
-        self.state = ClientState.LOGIN
-        self.peer = "?"
-        self.user = ""
+        super().__init__(listener)
         self.database = ""
-        self.pool: Pool | None = None
-        self.server: ServerConnection | None = None
         self.params: dict[str, str] = {}
         #: The tracked parameter values as a tuple (None: recompute after a change).
         self.param_sig: tuple[str | None, ...] | None = None
-        self.pending = 0  # ReadyForQuery messages the client is owed
         self.unsynced = False  # extended-protocol messages sent after the last Sync
         self.copy_mode = False
         self.syncs_since_exec = 0
-        self.pinned: str | None = None
-        self.session_mode = False
         self.statement_mode = False
-        self.wait_started = 0.0
-        self.xact_started = 0.0
-        self.idle_since = 0.0  # since when no request is outstanding (janitor timeouts)
-        #: What this transaction sent before any reply byte came back: replayed once on a new
-        #: server if the first one turns out dead (None once the reply started).
-        self.replay: list[bytes] | None = None
-        self._broken = False  # our server died inside the client's transaction
         self._error_sent = False
-        self._retries = 0
-        self.key = (0, 0)
-        self._buffer: list[bytes] = []
         self._buffered = 0
-        self._paused = False
         self.scanner = codec.MessageScanner(_FRONTEND_INTERESTING, keep_body=(MSG_QUERY, MSG_PARSE),
                                             max_body=_MAX_ANALYSED, transparent=MSG_FLUSH)
         self.copy_ends_early = 0  # CopyDone/CopyFail sent before the server's CopyInResponse
@@ -116,7 +98,6 @@ class ClientConnection(ClientSession):
         self._md5_salt = b""
         self._password: str | None = None
         self._startup_params: dict[str, str] = {}
-        self._login_timer: asyncio.TimerHandle | None = None
         self._console: Console | None = None
         self._console_queue: list[str] = []
         self._console_busy = False
@@ -219,10 +200,10 @@ class ClientConnection(ClientSession):
             raise ProtocolViolation("no user name given in the startup packet")
         self.user = user
         self.database = params.get("database") or user
-        if len(lst.clients) > cfg.settings.max_client_conn:
+        if len(lst.clients) > cfg.client_limit:
             lst.count_result("limit")
             raise TooManyConnections(
-                f"no more connections allowed (max_client_conn={cfg.settings.max_client_conn})",
+                f"no more connections allowed (max_client_conn={cfg.client_limit})",
                 hint="raise max_client_conn or use fewer client connections")
         if self.database in ADMIN_DATABASES:
             admins = lst.daemon.config.admin.admin_users if lst.daemon is not None else ()
@@ -717,9 +698,16 @@ class ClientConnection(ClientSession):
             return
         self.state = ClientState.IDLE
         self.idle_since = self.listener.clock()
-        if self.pending > 0:
-            self._answer_lost(self.pending)
-        else:
+        owed, unsynced = self.pending, self.unsynced
+        if owed > 0:
+            self._answer_lost(owed)
+        if unsynced:
+            # Extended-protocol messages ended by Flush, not Sync (asyncpg's prepare): no
+            # ReadyForQuery is owed yet, but a reply is. Answer as PostgreSQL does after an
+            # error: ErrorResponse now, then discard until Sync and answer it with 'Z'.
+            self.transport.write(self._lost_error())  # type: ignore[union-attr]
+            self._broken = self._error_sent = True
+        elif owed == 0:
             self._broken = True  # idle in transaction: the next request gets the error
 
     @staticmethod

@@ -11,6 +11,10 @@ parsing) as a baseline: the floor for any Python proxy on the same machine (DESI
 
     python tests/bench/mysql_bench.py --duration 15 [--json out.json]
 
+``--metrics-cost`` runs a different experiment instead: poolproxy with its admin HTTP server off
+against poolproxy whose /metrics is scraped every second, alternating for ``--repeat`` rounds,
+with the cost of metrics in tps (tests/bench/README.md).
+
 Options: ``--help``. Needs sysbench (Debian: ``apt-get install -y sysbench``, 1.0.20), the MariaDB
 server binaries (``mariadb-server``) and the project's test dependencies (PyMySQL, PyYAML); Linux
 (/proc for the CPU figures). When run as root, mariadbd runs as the ``mysql`` system user.
@@ -21,33 +25,58 @@ otherwise idle machine (the script warns when the load average is high).
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import platform
 import re
-import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a plain script: make `tests.harness` importable
     sys.path.insert(0, str(REPO_ROOT))
 
+# `common` is this directory's common.py (the script's directory is sys.path[0]). Not imported
+# as `tests.bench.common`: tests/ is no package, and `mypy tests/bench` would then see the file
+# under two module names.
+from common import (  # noqa: E402
+    Cleanup,
+    CostRun,
+    Poolproxy,
+    add_metrics_cost_args,
+    as_text,
+    cell,
+    check_metrics_cost_args,
+    children_cpu_seconds,
+    cpu_delta,
+    cpu_seconds,
+    fmt,
+    git_describe,
+    install_signal_handlers,
+    make_workdir,
+    mark,
+    measure_metrics_cost,
+    metrics_cost_json,
+    metrics_cost_tables,
+    metrics_scrape_problems,
+    split_choices,
+    start_cost_pair,
+    table_lines,
+    tps_ratio,
+    wait_tcp,
+    workers_note,
+)
+
 from tests.harness.mariadb import MariaDbServer  # noqa: E402
 from tests.harness.pgserver import log_tail  # noqa: E402
 from tests.harness.ports import free_port  # noqa: E402
-from tests.harness.proxyproc import ProxyProcess, make_config, mysql_listener  # noqa: E402
+from tests.harness.procs import process_tree  # noqa: E402
+from tests.harness.proxyproc import mysql_listener  # noqa: E402
 
 APP_USER = "app"
 APP_PASSWORD = "app-secret"  # created by the harness (mysql_native_password, ALL on app.*)
@@ -63,10 +92,9 @@ TESTS: dict[str, int] = {
     "oltp_read_only": 16,
 }
 DEFAULT_TESTS = ("oltp_point_select", "oltp_read_only")
+DEFAULT_COST_TESTS = ("oltp_point_select",)  # --metrics-cost: the busiest test shows it best
 TARGETS = ("direct", "poolproxy", "forwarder")
 DEFAULT_TARGETS = ("direct", "poolproxy")
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- results
@@ -169,75 +197,12 @@ def parse_sysbench(output: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- processes
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (from /proc/*/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            data = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces: split after the last ')'.
-        ppid = int(data[data.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
-    """utime + stime of each process still alive, in seconds."""
-    used: dict[int, float] = {}
-    for pid in pids:
-        try:
-            data = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = data[data.rindex(")") + 2:].split()
-        used[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # stat fields 14 and 15
-    return used
-
-
-def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    return round(sum(after[p] - before[p] for p in after if p in before), 3)
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Poolproxy:
-    """poolproxy (``python -m proxy``) via the harness's ProxyProcess, tuned for measuring."""
-
-    def __init__(self, workdir: Path, server: MariaDbServer, pool_size: int) -> None:
-        listener = mysql_listener(server, name="mysql",
-                                  users=[{"name": APP_USER, "password": APP_PASSWORD}])
-        config = make_config(listener, admin=False, defaults={"pool_size": pool_size})
-        config["logging"] = {"level": "warning", "format": "text"}
-        self.process = ProxyProcess(config, workdir)
-        self.port = self.process.port("mysql")
-
-    def start(self) -> None:
-        self.process.start(timeout=30)
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def is_running(self) -> bool:
-        return self.process.is_running()
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self.process.log_tail(lines)
+def mysql_poolproxy(workdir: Path, server: MariaDbServer, pool_size: int,
+                    admin: bool = False, workers: int = 1) -> Poolproxy:
+    """poolproxy with one MySQL listener ("mysql") for app in front of ``server``."""
+    listener = mysql_listener(server, name="mysql",
+                              users=[{"name": APP_USER, "password": APP_PASSWORD}])
+    return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers)
 
 
 # A bare uvloop byte forwarder (one server connection per client, no parsing, no pooling): the
@@ -307,18 +272,11 @@ class Forwarder:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.is_running():
-                raise RuntimeError(f"forwarder exited during startup:\n{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"forwarder does not listen on {self.port}") from None
-                time.sleep(0.05)
+        try:
+            wait_tcp(self.port, self.is_running, timeout, "forwarder")
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}\n{self.log_tail()}") from None
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -419,7 +377,7 @@ def run_sysbench(
         stdout, stderr = proc.stdout, proc.stderr
         result.returncode = proc.returncode
     except subprocess.TimeoutExpired as exc:
-        stdout, stderr = _text(exc.stdout), _text(exc.stderr)
+        stdout, stderr = as_text(exc.stdout), as_text(exc.stderr)
         result.error = f"sysbench did not finish within {exc.timeout:.0f}s (killed: a hang)"
     if proxy_pids:
         result.proxy_cpu_s = cpu_delta(proxy_before, cpu_seconds(proxy_pids))
@@ -449,32 +407,7 @@ def run_sysbench(
     return result
 
 
-def _text(data: str | bytes | None) -> str:
-    if isinstance(data, bytes):
-        return data.decode(errors="replace")
-    return data or ""
-
-
 # --------------------------------------------------------------------------- report
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
-
-
-def _mark(result: RunResult | None, text: str) -> str:
-    if result is None:
-        return "—"
-    return text + ("" if result.ok else " (!)")
-
-
-def _cell(result: RunResult | None, attr: str, digits: int = 0) -> str:
-    """``result.<attr>`` formatted; "ERR" when the run produced no figure, "(!)" when it
-    produced one but had problems."""
-    if result is None:
-        return "—"
-    value: float | None = getattr(result, attr)
-    return "ERR" if value is None else _mark(result, _fmt(value, digits))
 
 
 def _latency(result: RunResult | None) -> str:
@@ -482,7 +415,7 @@ def _latency(result: RunResult | None) -> str:
         return "—"
     if result.latency_avg_ms is None:
         return "ERR"
-    return _mark(result, f"{_fmt(result.latency_avg_ms, 2)} / {_fmt(result.latency_p95_ms, 2)}")
+    return mark(result, f"{fmt(result.latency_avg_ms, 2)} / {fmt(result.latency_p95_ms, 2)}")
 
 
 def _errors(result: RunResult | None) -> str:
@@ -491,10 +424,6 @@ def _errors(result: RunResult | None) -> str:
     if result.errors is None:
         return "?"
     return f"{result.ignored_errors or 0}/{result.reconnects or 0}"
-
-
-def _ratio(a: RunResult | None, b: RunResult | None) -> str:
-    return f"{a.tps / b.tps:.2f}" if a and b and b.tps and a.tps is not None else "—"
 
 
 def markdown_table(results: list[RunResult], tests: list[str]) -> str:
@@ -506,78 +435,37 @@ def markdown_table(results: list[RunResult], tests: list[str]) -> str:
         "errors/reconnects direct", "errors/reconnects poolproxy",
         "proxy CPU ms/1000 txn", "proxy CPU µs/query",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for test in tests:
         direct, pp = by_key.get((test, "direct")), by_key.get((test, "poolproxy"))
         threads = next((r.threads for r in results if r.test == test), 0)
-        row = [
-            test, str(threads), _cell(direct, "tps"), _cell(pp, "tps"), _ratio(pp, direct),
-            _cell(direct, "qps"), _cell(pp, "qps"), _latency(direct), _latency(pp),
+        rows.append([
+            test, str(threads), cell(direct, "tps"), cell(pp, "tps"), tps_ratio(pp, direct),
+            cell(direct, "qps"), cell(pp, "qps"), _latency(direct), _latency(pp),
             _errors(direct), _errors(pp),
-            _cell(pp, "proxy_cpu_ms_per_1000", 1), _cell(pp, "proxy_cpu_us_per_query", 1),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
+            cell(pp, "proxy_cpu_ms_per_1000", 1), cell(pp, "proxy_cpu_us_per_query", 1),
+        ])
+    lines = table_lines(header, rows)
     if any(r.target == "forwarder" for r in results):
         header = [
             "test (bare forwarder baseline)", "forwarder tps", "forwarder/direct",
             "poolproxy/forwarder", "latency ms avg/p95 forwarder", "errors/reconnects forwarder",
             "forwarder CPU ms/1000 txn", "forwarder CPU µs/query",
         ]
-        lines += ["", "| " + " | ".join(header) + " |",
-                  "|" + "|".join("---" for _ in header) + "|"]
+        rows = []
         for test in tests:
             direct, pp = by_key.get((test, "direct")), by_key.get((test, "poolproxy"))
             fwd = by_key.get((test, "forwarder"))
-            row = [
-                test, _cell(fwd, "tps"), _ratio(fwd, direct), _ratio(pp, fwd), _latency(fwd),
-                _errors(fwd), _cell(fwd, "proxy_cpu_ms_per_1000", 1),
-                _cell(fwd, "proxy_cpu_us_per_query", 1),
-            ]
-            lines.append("| " + " | ".join(row) + " |")
+            rows.append([
+                test, cell(fwd, "tps"), tps_ratio(fwd, direct), tps_ratio(pp, fwd), _latency(fwd),
+                _errors(fwd), cell(fwd, "proxy_cpu_ms_per_1000", 1),
+                cell(fwd, "proxy_cpu_us_per_query", 1),
+            ])
+        lines += ["", *table_lines(header, rows)]
     return "\n".join(lines)
 
 
-def git_describe() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "proxy"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (proxy/ has uncommitted changes)" if dirty else "")
-
-
 # --------------------------------------------------------------------------- main
-
-
-class Cleanup:
-    """Stops what was started, in reverse order, once (from ``finally`` or from atexit)."""
-
-    def __init__(self) -> None:
-        self._actions: list[tuple[str, Callable[[], None]]] = []
-        atexit.register(self.run)
-
-    def add(self, what: str, action: Callable[[], None]) -> None:
-        self._actions.append((what, action))
-
-    def run(self) -> None:
-        # A second Ctrl-C must not abandon half-stopped servers.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            while self._actions:
-                what, action = self._actions.pop()
-                try:
-                    action()
-                except Exception as exc:
-                    print(f"cleanup: stopping {what} failed: {exc}", file=sys.stderr)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    print(f"\n{signal.Signals(signum).name}: stopping everything", file=sys.stderr)
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -585,54 +473,125 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="sysbench: direct MariaDB vs poolproxy (MySQL listener, transaction pooling)")
     parser.add_argument("--duration", type=int, default=15, help="seconds per run (default 15)")
     parser.add_argument("--threads", type=int, default=50, help="sysbench --threads (default 50)")
-    parser.add_argument("--tests", default=",".join(DEFAULT_TESTS),
+    parser.add_argument("--tests", default=None,
                         help=f"comma-separated, from {', '.join(TESTS)} "
-                             f"(default {','.join(DEFAULT_TESTS)})")
+                             f"(default {','.join(DEFAULT_TESTS)}; with --metrics-cost: "
+                             f"{','.join(DEFAULT_COST_TESTS)})")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help=f"comma-separated, from {', '.join(TARGETS)} (default "
                              f"{','.join(DEFAULT_TARGETS)}); forwarder = a bare uvloop byte "
-                             "forwarder without pooling, the floor for a Python proxy")
+                             "forwarder without pooling, the floor for a Python proxy "
+                             "(ignored with --metrics-cost)")
     parser.add_argument("--pool-size", type=int, default=POOL_SIZE,
                         help=f"poolproxy server connections per pool (default {POOL_SIZE})")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="poolproxy worker processes (config `workers:`; default 1); the"
+                        " pool size is split over them")
     parser.add_argument("--warmup", type=int, default=3,
                         help="seconds of unrecorded direct oltp_point_select first "
                              "(default 3; 0: none)")
     parser.add_argument("--sysbench-arg", action="append", default=[], metavar="ARG",
                         help="extra sysbench argument for every run, e.g. "
                              "--sysbench-arg=--mysql-ignore-errors=all (repeatable)")
+    add_metrics_cost_args(parser)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work dir (data dir, config, logs) afterwards")
     args = parser.parse_args(argv)
-    for name, known in (("tests", TESTS), ("targets", TARGETS)):
-        chosen = [t.strip() for t in getattr(args, name).split(",") if t.strip()]
-        unknown = [t for t in chosen if t not in known]
-        if unknown or not chosen:
-            parser.error(f"--{name}: unknown {unknown}; choose from {', '.join(known)}")
-        setattr(args, name, chosen)
+    if args.tests is None:
+        args.tests = ",".join(DEFAULT_COST_TESTS if args.metrics_cost else DEFAULT_TESTS)
+    args.tests = split_choices(parser, "tests", args.tests, TESTS)
+    args.targets = split_choices(parser, "targets", args.targets, TARGETS)
     if args.duration < 1 or args.threads < 1:
         parser.error("--duration and --threads must be at least 1")
+    check_metrics_cost_args(parser, args)
     return args
+
+
+def compare(args: argparse.Namespace, sysbench: str, server: MariaDbServer, workdir: Path,
+            cleanup: Cleanup) -> list[RunResult]:
+    """The usual benchmark: every test against each of --targets."""
+    middles: dict[str, Middle] = {}
+    if "poolproxy" in args.targets:
+        proxy = mysql_poolproxy(workdir / "poolproxy", server, args.pool_size, workers=args.workers)
+        cleanup.add("poolproxy", proxy.stop)
+        proxy.start()
+        middles["poolproxy"] = proxy
+    if "forwarder" in args.targets:
+        forwarder = Forwarder(workdir / "forwarder", server)
+        cleanup.add("forwarder", forwarder.stop)
+        forwarder.start()
+        middles["forwarder"] = forwarder
+    ports = {"direct": server.port, **{name: m.port for name, m in middles.items()}}
+
+    warm_up(args, sysbench, server, workdir)
+    results: list[RunResult] = []
+    print(f"running {len(args.tests)} tests x {len(args.targets)} targets x "
+          f"{args.duration}s, {args.threads} threads\n", flush=True)
+    for test in args.tests:
+        for target in args.targets:
+            target_proxy = middles.get(target)
+            if target_proxy is not None and not target_proxy.is_running():
+                print(f"  {target} is not running; restarting it", flush=True)
+                target_proxy.stop()
+                target_proxy.start()
+            result = run_sysbench(sysbench, test, target, ports[target], args.threads,
+                                  args.duration, target_proxy, server, args.sysbench_arg,
+                                  workdir)
+            results.append(result)
+            cpu = result.proxy_cpu_ms_per_1000
+            print(f"  {test:<18} {target:<10} tps {fmt(result.tps):>7}  qps "
+                  f"{fmt(result.qps):>7}  latency avg/p95 {_latency(result)} ms"
+                  + (f"  proxy CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
+                  + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
+                  flush=True)
+            time.sleep(1.0)  # let closed connections' threads exit before the next run
+    return results
+
+
+def metrics_cost(args: argparse.Namespace, sysbench: str, server: MariaDbServer, workdir: Path,
+                 cleanup: Cleanup) -> tuple[list[RunResult], list[CostRun]]:
+    """--metrics-cost: poolproxy with the admin HTTP server off vs on and scraped, alternating."""
+    admin_off, scraped = start_cost_pair(
+        lambda path, admin: mysql_poolproxy(path, server, args.pool_size, admin=admin,
+                               workers=args.workers),
+        workdir, cleanup)
+
+    warm_up(args, sysbench, server, workdir)
+    results: list[RunResult] = []
+
+    def run_one(test: str, target: str, proxy: Poolproxy) -> tuple[float | None, float | None, str]:
+        result = run_sysbench(sysbench, test, target, proxy.port, args.threads, args.duration,
+                              proxy, server, args.sysbench_arg, workdir)
+        results.append(result)
+        return result.tps, result.proxy_cpu_ms_per_1000, result.error
+
+    print(f"metrics cost: {len(args.tests)} tests x {args.repeat} rounds x (admin off, scraped"
+          f" every {args.scrape_interval:g}s) x {args.duration}s, {args.threads} threads\n",
+          flush=True)
+    cost_runs = measure_metrics_cost([(t, t) for t in args.tests], args.repeat,
+                                     args.scrape_interval, admin_off, scraped, run_one)
+    return results, cost_runs
+
+
+def warm_up(args: argparse.Namespace, sysbench: str, server: MariaDbServer,
+            workdir: Path) -> None:
+    if args.warmup > 0:
+        print(f"warm-up: {args.warmup}s of direct oltp_point_select ...", flush=True)
+        run_sysbench(sysbench, "oltp_point_select", "warmup", server.port, args.threads,
+                     args.warmup, None, server, args.sysbench_arg, workdir)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGINT explicitly: a shell that starts us in the background leaves it ignored otherwise.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGHUP, _exit_on_signal)
+    install_signal_handlers()
     sysbench = sysbench_binary()
     load_before = os.getloadavg()
     if load_before[0] > (os.cpu_count() or 1) * 0.5:
         print(f"warning: load average is {load_before[0]:.1f} on {os.cpu_count()} CPUs; "
               "something else is running and the figures will be noisy", file=sys.stderr)
-    workdir = Path(tempfile.mkdtemp(prefix="pp-mysql-bench-"))
     cleanup = Cleanup()
-    if args.keep:
-        cleanup.add("(nothing: --keep)", lambda: print(f"work dir kept: {workdir}"))
-    else:
-        cleanup.add("work dir", lambda: shutil.rmtree(workdir, ignore_errors=True))
-    results: list[RunResult] = []
+    workdir = make_workdir("pp-mysql-bench-", args.keep, cleanup)
     try:
         print(f"starting MariaDB in {workdir} ...", flush=True)
         server = MariaDbServer.create(workdir)
@@ -640,44 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         db_version = str(server.execute("SELECT VERSION()")[0][0])
         prepare_tables(sysbench, server, workdir)
 
-        middles: dict[str, Middle] = {}
-        if "poolproxy" in args.targets:
-            proxy = Poolproxy(workdir / "poolproxy", server, args.pool_size)
-            cleanup.add("poolproxy", proxy.stop)
-            proxy.start()
-            middles["poolproxy"] = proxy
-        if "forwarder" in args.targets:
-            forwarder = Forwarder(workdir / "forwarder", server)
-            cleanup.add("forwarder", forwarder.stop)
-            forwarder.start()
-            middles["forwarder"] = forwarder
-        ports = {"direct": server.port, **{name: m.port for name, m in middles.items()}}
-
-        if args.warmup > 0:
-            print(f"warm-up: {args.warmup}s of direct oltp_point_select ...", flush=True)
-            run_sysbench(sysbench, "oltp_point_select", "warmup", server.port, args.threads,
-                         args.warmup, None, server, args.sysbench_arg, workdir)
-
-        print(f"running {len(args.tests)} tests x {len(args.targets)} targets x "
-              f"{args.duration}s, {args.threads} threads\n", flush=True)
-        for test in args.tests:
-            for target in args.targets:
-                target_proxy = middles.get(target)
-                if target_proxy is not None and not target_proxy.is_running():
-                    print(f"  {target} is not running; restarting it", flush=True)
-                    target_proxy.stop()
-                    target_proxy.start()
-                result = run_sysbench(sysbench, test, target, ports[target], args.threads,
-                                      args.duration, target_proxy, server, args.sysbench_arg,
-                                      workdir)
-                results.append(result)
-                cpu = result.proxy_cpu_ms_per_1000
-                print(f"  {test:<18} {target:<10} tps {_fmt(result.tps):>7}  qps "
-                      f"{_fmt(result.qps):>7}  latency avg/p95 {_latency(result)} ms"
-                      + (f"  proxy CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
-                      + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
-                      flush=True)
-                time.sleep(1.0)  # let closed connections' threads exit before the next run
+        cost_runs: list[CostRun] = []
+        if args.metrics_cost:
+            results, cost_runs = metrics_cost(args, sysbench, server, workdir, cleanup)
+        else:
+            results = compare(args, sysbench, server, workdir, cleanup)
 
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -695,26 +621,47 @@ def main(argv: list[str] | None = None) -> int:
             "tables": TABLES,
             "table_size": TABLE_SIZE,
             "pool_size": args.pool_size,
+            "poolproxy_workers": args.workers,
             "sysbench_extra_args": args.sysbench_arg,
         }
         print()
-        print(markdown_table(results, args.tests))
-        print()
-        print(
-            f"{meta['cpus']} CPUs, MariaDB {db_version}, {meta['sysbench']}, poolproxy"
-            f" {meta['poolproxy_commit']}; --db-ps-mode=disable --threads={args.threads}"
-            f" --time={args.duration}, {TABLES} tables x {TABLE_SIZE} rows, pool size"
-            f" {args.pool_size}. qps counts BEGIN/COMMIT. proxy CPU = poolproxy's utime+stime"
-            " during the run per 1000 transactions (= µs per transaction). (!) = the run had"
-            " problems, see below."
-        )
+        if args.metrics_cost:
+            print(metrics_cost_tables(cost_runs))
+            print()
+            print(
+                f"{meta['cpus']} CPUs, MariaDB {db_version}, {meta['sysbench']}, poolproxy"
+                f" {meta['poolproxy_commit']}; --db-ps-mode=disable --threads={args.threads}"
+                f" --time={args.duration}, {TABLES} tables x {TABLE_SIZE} rows, pool size"
+                f" {args.pool_size}{workers_note(args.workers)}. Each round runs poolproxy with"
+                " the admin HTTP server off,"
+                " then an identical poolproxy with it on while GET /metrics runs every"
+                f" {args.scrape_interval:g}s. cost = 1 - median(scraped tps) / median(admin-off"
+                " tps); noise = (max - min) / median of one configuration's runs. CPU ="
+                " poolproxy's utime+stime per transaction. (!) = the run or its scrapes had"
+                " problems, see below."
+            )
+        else:
+            print(markdown_table(results, args.tests))
+            print()
+            print(
+                f"{meta['cpus']} CPUs, MariaDB {db_version}, {meta['sysbench']}, poolproxy"
+                f" {meta['poolproxy_commit']}; --db-ps-mode=disable --threads={args.threads}"
+                f" --time={args.duration}, {TABLES} tables x {TABLE_SIZE} rows, pool size"
+                f" {args.pool_size}{workers_note(args.workers)}. qps counts BEGIN/COMMIT. proxy"
+                " CPU = poolproxy's"
+                " utime+stime during the run per 1000 transactions (= µs per transaction). (!) ="
+                " the run had problems, see below."
+            )
         failed = [r for r in results if not r.ok]
         for r in failed:
             print(f"\n### problem: {r.test} via {r.target}\n{r.error}")
             if r.proxy_log_tail:
                 print(f"--- {r.target} log tail ---\n{r.proxy_log_tail}")
+        scrape_problems = metrics_scrape_problems(cost_runs)
+        for problem in scrape_problems:
+            print(f"\n{problem}")
         if args.json is not None:
-            payload = {
+            payload: dict[str, Any] = {
                 "meta": meta,
                 "runs": [asdict(r) | {
                     "ok": r.ok,
@@ -723,9 +670,12 @@ def main(argv: list[str] | None = None) -> int:
                     "mariadb_cpu_ms_per_1000": r.mariadb_cpu_ms_per_1000,
                 } for r in results],
             }
+            if args.metrics_cost:
+                payload["metrics_cost"] = metrics_cost_json(cost_runs, args.repeat,
+                                                            args.scrape_interval)
             args.json.write_text(json.dumps(payload, indent=2) + "\n")
             print(f"\nresults written to {args.json}")
-        return 1 if failed else 0
+        return 1 if failed or scrape_problems else 0
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything", file=sys.stderr)
         return 130

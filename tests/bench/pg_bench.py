@@ -8,34 +8,59 @@ time per 1000 transactions. Every process it started is stopped on exit, Ctrl-C 
 
     python tests/bench/pg_bench.py --duration 15 [--json out.json]
 
-See tests/bench/README.md.
+``--metrics-cost`` runs a different experiment instead: poolproxy with its admin HTTP server off
+against poolproxy whose /metrics is scraped every second, alternating for ``--repeat`` rounds,
+with the cost of metrics in tps. See tests/bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import platform
 import re
-import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a plain script: make `tests.harness` importable
     sys.path.insert(0, str(REPO_ROOT))
+
+# `common` is this directory's common.py (the script's directory is sys.path[0]). Not imported
+# as `tests.bench.common`: tests/ is no package, and `mypy tests/bench` would then see the file
+# under two module names.
+from common import (  # noqa: E402
+    Cleanup,
+    CostRun,
+    Poolproxy,
+    add_metrics_cost_args,
+    as_text,
+    cell,
+    check_metrics_cost_args,
+    children_cpu_seconds,
+    cpu_delta,
+    cpu_seconds,
+    fmt,
+    git_describe,
+    install_signal_handlers,
+    make_workdir,
+    measure_metrics_cost,
+    metrics_cost_json,
+    metrics_cost_tables,
+    metrics_scrape_problems,
+    split_choices,
+    start_cost_pair,
+    table_lines,
+    tps_ratio,
+    wait_tcp,
+    workers_note,
+)
 
 from tests.harness.pgserver import (  # noqa: E402
     PgServer,
@@ -46,7 +71,8 @@ from tests.harness.pgserver import (  # noqa: E402
     service_user,
 )
 from tests.harness.ports import free_port  # noqa: E402
-from tests.harness.proxyproc import ProxyProcess, make_config, pg_listener  # noqa: E402
+from tests.harness.procs import process_tree  # noqa: E402
+from tests.harness.proxyproc import pg_listener  # noqa: E402
 
 APP_USER = "app"
 APP_PASSWORD = "app-secret"  # created by the harness (SCRAM verifier on the server)
@@ -62,9 +88,8 @@ MODES: dict[str, list[str]] = {
     "connect": ["-S", "-C"],  # a new connection (and SCRAM login) per transaction
 }
 DEFAULT_MODES = ("simple", "extended", "connect")
+DEFAULT_COST_MODES = ("simple",)  # --metrics-cost: the busiest mode shows the cost best
 TARGETS = ("direct", "pgbouncer", "poolproxy")
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- results
@@ -137,61 +162,6 @@ def parse_pgbench(output: str, reconnecting: bool) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (from /proc/*/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            data = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces: split after the last ')'.
-        ppid = int(data[data.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
-    """utime + stime of each process still alive, in seconds."""
-    used: dict[int, float] = {}
-    for pid in pids:
-        try:
-            data = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = data[data.rindex(")") + 2:].split()
-        used[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # stat fields 14 and 15
-    return used
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_tcp(port: int, alive: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until 127.0.0.1:``port`` accepts TCP connections; fail early if ``alive()`` is false."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if not alive():
-            raise RuntimeError(f"{what} exited during startup")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{what} does not listen on port {port} after {timeout}s") from None
-            time.sleep(0.05)
 
 
 class PgBouncer:
@@ -286,31 +256,11 @@ class PgBouncer:
         )
 
 
-class Poolproxy:
-    """poolproxy (``python -m proxy``) via the harness's ProxyProcess, tuned for measuring."""
-
-    def __init__(self, workdir: Path, pg: PgServer, pool_size: int) -> None:
-        listener = pg_listener(pg, name="pg", users=[{"name": APP_USER, "password": APP_PASSWORD}])
-        config = make_config(listener, admin=False, defaults={"pool_size": pool_size})
-        config["logging"] = {"level": "warning", "format": "text"}
-        self.process = ProxyProcess(config, workdir)
-        self.port = self.process.port("pg")
-
-    def start(self) -> None:
-        self.process.start(timeout=30)
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def is_running(self) -> bool:
-        return self.process.is_running()
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self.process.log_tail(lines)
+def pg_poolproxy(workdir: Path, pg: PgServer, pool_size: int, admin: bool = False,
+                 workers: int = 1) -> Poolproxy:
+    """poolproxy with one PostgreSQL listener ("pg") for app in front of ``pg``."""
+    listener = pg_listener(pg, name="pg", users=[{"name": APP_USER, "password": APP_PASSWORD}])
+    return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers)
 
 
 Pooler = PgBouncer | Poolproxy
@@ -380,14 +330,13 @@ def run_pgbench(
         stdout, stderr = proc.stdout, proc.stderr
         result.returncode = proc.returncode
     except subprocess.TimeoutExpired as exc:
-        stdout = _text(exc.stdout)
-        stderr = _text(exc.stderr)
+        stdout = as_text(exc.stdout)
+        stderr = as_text(exc.stderr)
         result.error = f"pgbench did not finish within {exc.timeout:.0f}s (killed)"
     cpu_after = cpu_seconds(pids)
     result.pgbench_cpu_s = round(children_cpu_seconds() - pgbench_before, 3)
     if pids:
-        result.pooler_cpu_s = round(
-            sum(cpu_after[p] - cpu_before[p] for p in cpu_after if p in cpu_before), 3)
+        result.pooler_cpu_s = cpu_delta(cpu_before, cpu_after)
     for key, value in parse_pgbench(stdout, reconnecting="-C" in MODES[mode]).items():
         setattr(result, key, value)
     problems = []
@@ -413,28 +362,7 @@ def run_pgbench(
     return result
 
 
-def _text(data: str | bytes | None) -> str:
-    if isinstance(data, bytes):
-        return data.decode(errors="replace")
-    return data or ""
-
-
 # --------------------------------------------------------------------------- report
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
-
-
-def _cell(result: RunResult | None, attr: str, digits: int = 0) -> str:
-    """``result.<attr>`` formatted; "ERR" when the run produced no figure, "(!)" when it
-    produced one but had problems."""
-    if result is None:
-        return "—"
-    value: float | None = getattr(result, attr)
-    if value is None:
-        return "ERR"
-    return _fmt(value, digits) + ("" if result.ok else " (!)")
 
 
 def markdown_table(results: list[RunResult], modes: list[str]) -> str:
@@ -444,66 +372,25 @@ def markdown_table(results: list[RunResult], modes: list[str]) -> str:
         "poolproxy/pgbouncer", "latency ms direct", "latency ms pgbouncer",
         "latency ms poolproxy", "CPU ms/1000 txn pgbouncer", "CPU ms/1000 txn poolproxy",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for mode in modes:
         runs = {t: by_key.get((mode, t)) for t in TARGETS}
         clients = next((r.clients for r in runs.values() if r is not None), 0)
-        pgb, pp = runs["pgbouncer"], runs["poolproxy"]
-        ratio = (
-            f"{pp.tps / pgb.tps:.2f}" if pgb and pp and pgb.tps and pp.tps is not None else "—"
-        )
-        row = [
-            f"`{' '.join(MODES[mode])}`", str(clients),
-            *(_cell(runs[t], "tps") for t in TARGETS),
-            ratio,
-            *(_cell(runs[t], "latency_ms", 2) for t in TARGETS),
-            *(_cell(runs[t], "cpu_ms_per_1000", 1) for t in ("pgbouncer", "poolproxy")),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append([
+            mode_label(mode), str(clients),
+            *(cell(runs[t], "tps") for t in TARGETS),
+            tps_ratio(runs["poolproxy"], runs["pgbouncer"]),
+            *(cell(runs[t], "latency_ms", 2) for t in TARGETS),
+            *(cell(runs[t], "cpu_ms_per_1000", 1) for t in ("pgbouncer", "poolproxy")),
+        ])
+    return "\n".join(table_lines(header, rows))
 
 
-def git_describe() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "proxy"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (proxy/ has uncommitted changes)" if dirty else "")
+def mode_label(mode: str) -> str:
+    return f"`{' '.join(MODES[mode])}`"
 
 
 # --------------------------------------------------------------------------- main
-
-
-class Cleanup:
-    """Stops what was started, in reverse order, once (from ``finally`` or from atexit)."""
-
-    def __init__(self) -> None:
-        self._actions: list[tuple[str, Callable[[], None]]] = []
-        atexit.register(self.run)
-
-    def add(self, what: str, action: Callable[[], None]) -> None:
-        self._actions.append((what, action))
-
-    def run(self) -> None:
-        # A second Ctrl-C must not abandon half-stopped servers.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            while self._actions:
-                what, action = self._actions.pop()
-                try:
-                    action()
-                except Exception as exc:
-                    print(f"cleanup: stopping {what} failed: {exc}", file=sys.stderr)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    print(f"\n{signal.Signals(signum).name}: stopping everything", file=sys.stderr)
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -514,49 +401,122 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connect-clients", type=int, default=None,
                         help="clients for the 'connect' (-C) mode (default: --clients)")
     parser.add_argument("--threads", type=int, default=2, help="pgbench -j (default 2)")
-    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+    parser.add_argument("--modes", default=None,
                         help=f"comma-separated, from {', '.join(MODES)} "
-                             f"(default {','.join(DEFAULT_MODES)})")
+                             f"(default {','.join(DEFAULT_MODES)}; with --metrics-cost: "
+                             f"{','.join(DEFAULT_COST_MODES)})")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i -s (default 10)")
     parser.add_argument("--pool-size", type=int, default=POOL_SIZE,
                         help=f"server connections per pool, both poolers (default {POOL_SIZE})")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="poolproxy worker processes (config `workers:`; default 1); the"
+                        " pool size is split over them")
     parser.add_argument("--warmup", type=int, default=3,
                         help="seconds of unrecorded direct -S first (default 3; 0: none)")
     parser.add_argument("--skip-pgbouncer", action="store_true", help="do not run PgBouncer")
     parser.add_argument("--pgbouncer-secret", choices=("plain", "scram"), default="plain",
                         help="what PgBouncer's userlist.txt holds for app: the plain password "
                              "(default) or the server's SCRAM verifier")
+    add_metrics_cost_args(parser)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work dir (data dir, configs, logs) afterwards")
     args = parser.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
-    args.modes = modes
+    if args.modes is None:
+        args.modes = ",".join(DEFAULT_COST_MODES if args.metrics_cost else DEFAULT_MODES)
+    args.modes = split_choices(parser, "modes", args.modes, MODES)
+    check_metrics_cost_args(parser, args)
     if args.connect_clients is None:
         args.connect_clients = args.clients
     return args
 
 
+def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
+            cleanup: Cleanup, use_pgbouncer: bool) -> list[RunResult]:
+    """The usual benchmark: every mode against direct PostgreSQL, PgBouncer and poolproxy."""
+    poolers: dict[str, Pooler] = {}
+    if use_pgbouncer:
+        secret = APP_PASSWORD
+        if args.pgbouncer_secret == "scram":
+            secret = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                                (APP_USER,))[0][0]
+        bouncer = PgBouncer(workdir / "pgbouncer", pg, args.pool_size, secret)
+        cleanup.add("PgBouncer", bouncer.stop)
+        bouncer.start()
+        poolers["pgbouncer"] = bouncer
+    proxy = pg_poolproxy(workdir / "poolproxy", pg, args.pool_size, workers=args.workers)
+    cleanup.add("poolproxy", proxy.stop)
+    proxy.start()
+    poolers["poolproxy"] = proxy
+    ports = {"direct": pg.port, **{name: p.port for name, p in poolers.items()}}
+
+    warm_up(args, pgbench, pg)
+    results: list[RunResult] = []
+    targets = [t for t in TARGETS if t in ports]
+    print(f"running {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
+          flush=True)
+    for mode in args.modes:
+        clients = args.connect_clients if "-C" in MODES[mode] else args.clients
+        for target in targets:
+            pooler = poolers.get(target)
+            if pooler is not None and not pooler.is_running():
+                print(f"  {target} is not running; restarting it", flush=True)
+                pooler.stop()
+                pooler.start()
+            result = run_pgbench(pgbench, mode, target, ports[target], clients,
+                                 args.threads, args.duration, pooler)
+            results.append(result)
+            cpu = result.cpu_ms_per_1000
+            print(f"  {mode:<9} {target:<10} tps {fmt(result.tps):>8}  latency "
+                  f"{fmt(result.latency_ms, 2):>6} ms"
+                  + (f"  CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
+                  + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
+                  flush=True)
+            time.sleep(1.0)  # let closed connections' backends exit before the next run
+    return results
+
+
+def metrics_cost(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
+                 cleanup: Cleanup) -> tuple[list[RunResult], list[CostRun]]:
+    """--metrics-cost: poolproxy with the admin HTTP server off vs on and scraped, alternating."""
+    admin_off, scraped = start_cost_pair(
+        lambda path, admin: pg_poolproxy(path, pg, args.pool_size, admin=admin, workers=args.workers),
+        workdir, cleanup)
+
+    warm_up(args, pgbench, pg)
+    results: list[RunResult] = []
+
+    def run_one(mode: str, target: str, proxy: Poolproxy) -> tuple[float | None, float | None, str]:
+        clients = args.connect_clients if "-C" in MODES[mode] else args.clients
+        result = run_pgbench(pgbench, mode, target, proxy.port, clients, args.threads,
+                             args.duration, proxy)
+        results.append(result)
+        return result.tps, result.cpu_ms_per_1000, result.error
+
+    print(f"metrics cost: {len(args.modes)} modes x {args.repeat} rounds x (admin off, scraped"
+          f" every {args.scrape_interval:g}s) x {args.duration}s\n", flush=True)
+    cost_runs = measure_metrics_cost([(m, mode_label(m)) for m in args.modes], args.repeat,
+                                     args.scrape_interval, admin_off, scraped, run_one)
+    return results, cost_runs
+
+
+def warm_up(args: argparse.Namespace, pgbench: str, pg: PgServer) -> None:
+    if args.warmup > 0:
+        print(f"warm-up: {args.warmup}s of direct -S ...", flush=True)
+        run_pgbench(pgbench, "simple", "direct", pg.port, args.clients, args.threads,
+                    args.warmup, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGINT explicitly: a shell that starts us in the background leaves it ignored otherwise.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGHUP, _exit_on_signal)
+    install_signal_handlers()
     pgbench = pgbench_binary()
-    if not args.skip_pgbouncer and not os.path.exists(PGBOUNCER):
+    use_pgbouncer = not args.skip_pgbouncer and not args.metrics_cost
+    if use_pgbouncer and not os.path.exists(PGBOUNCER):
         raise SystemExit(f"{PGBOUNCER} not found: apt-get install -y pgbouncer "
                          "(or pass --skip-pgbouncer)")
-    workdir = Path(tempfile.mkdtemp(prefix="pp-bench-"))
     cleanup = Cleanup()
-    if args.keep:
-        cleanup.add("(nothing: --keep)", lambda: print(f"work dir kept: {workdir}"))
-    else:
-        cleanup.add("work dir", lambda: shutil.rmtree(workdir, ignore_errors=True))
-    results: list[RunResult] = []
+    workdir = make_workdir("pp-bench-", args.keep, cleanup)
     try:
         print(f"starting PostgreSQL in {workdir} ...", flush=True)
         pg = PgServer.create(workdir)
@@ -564,48 +524,11 @@ def main(argv: list[str] | None = None) -> int:
         pg_version = pg.execute("SHOW server_version")[0][0]
         init_pgbench_tables(pg, pgbench, args.scale, workdir)
 
-        poolers: dict[str, Pooler] = {}
-        if not args.skip_pgbouncer:
-            secret = APP_PASSWORD
-            if args.pgbouncer_secret == "scram":
-                secret = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
-                                    (APP_USER,))[0][0]
-            bouncer = PgBouncer(workdir / "pgbouncer", pg, args.pool_size, secret)
-            cleanup.add("PgBouncer", bouncer.stop)
-            bouncer.start()
-            poolers["pgbouncer"] = bouncer
-        proxy = Poolproxy(workdir / "poolproxy", pg, args.pool_size)
-        cleanup.add("poolproxy", proxy.stop)
-        proxy.start()
-        poolers["poolproxy"] = proxy
-        ports = {"direct": pg.port, **{name: p.port for name, p in poolers.items()}}
-
-        if args.warmup > 0:
-            print(f"warm-up: {args.warmup}s of direct -S ...", flush=True)
-            run_pgbench(pgbench, "simple", "direct", pg.port, args.clients, args.threads,
-                        args.warmup, None)
-
-        targets = [t for t in TARGETS if t in ports]
-        print(f"running {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
-              flush=True)
-        for mode in args.modes:
-            clients = args.connect_clients if "-C" in MODES[mode] else args.clients
-            for target in targets:
-                pooler = poolers.get(target)
-                if pooler is not None and not pooler.is_running():
-                    print(f"  {target} is not running; restarting it", flush=True)
-                    pooler.stop()
-                    pooler.start()
-                result = run_pgbench(pgbench, mode, target, ports[target], clients,
-                                     args.threads, args.duration, pooler)
-                results.append(result)
-                cpu = result.cpu_ms_per_1000
-                print(f"  {mode:<9} {target:<10} tps {_fmt(result.tps):>8}  latency "
-                      f"{_fmt(result.latency_ms, 2):>6} ms"
-                      + (f"  CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
-                      + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
-                      flush=True)
-                time.sleep(1.0)  # let closed connections' backends exit before the next run
+        cost_runs: list[CostRun] = []
+        if args.metrics_cost:
+            results, cost_runs = metrics_cost(args, pgbench, pg, workdir, cleanup)
+        else:
+            results = compare(args, pgbench, pg, workdir, cleanup, use_pgbouncer)
 
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -614,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": platform.release(),
             "python": platform.python_version(),
             "postgresql": pg_version,
-            "pgbouncer": PgBouncer.version() if not args.skip_pgbouncer else None,
+            "pgbouncer": PgBouncer.version() if use_pgbouncer else None,
             "pgbouncer_secret": args.pgbouncer_secret,
             "poolproxy_commit": git_describe(),
             "duration_s": args.duration,
@@ -623,31 +546,55 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "scale": args.scale,
             "pool_size": args.pool_size,
+            "poolproxy_workers": args.workers,
         }
         print()
-        print(markdown_table(results, args.modes))
-        print()
-        print(
-            f"{meta['cpus']} CPUs, PostgreSQL {pg_version}, {meta['pgbouncer'] or 'no PgBouncer'},"
-            f" poolproxy {meta['poolproxy_commit']}; pgbench -j {args.threads} -T {args.duration}"
-            f" -n, scale {args.scale}, pool size {args.pool_size}. tps excludes connection time"
-            " except for -C. CPU = the pooler's utime+stime during the run per 1000 transactions"
-            " (= µs per transaction). (!) = the run had problems, see below."
-        )
+        if args.metrics_cost:
+            print(metrics_cost_tables(cost_runs))
+            print()
+            print(
+                f"{meta['cpus']} CPUs, PostgreSQL {pg_version}, poolproxy"
+                f" {meta['poolproxy_commit']}; pgbench -j {args.threads} -T {args.duration} -n,"
+                f" scale {args.scale}, pool size {args.pool_size}{workers_note(args.workers)}."
+                " Each round runs poolproxy with"
+                " the admin HTTP server off, then an identical poolproxy with it on while"
+                f" GET /metrics runs every {args.scrape_interval:g}s. cost = 1 - median(scraped"
+                " tps) / median(admin-off tps); noise = (max - min) / median of one"
+                " configuration's runs. CPU = poolproxy's utime+stime per transaction. (!) = the"
+                " run or its scrapes had problems, see below."
+            )
+        else:
+            print(markdown_table(results, args.modes))
+            print()
+            print(
+                f"{meta['cpus']} CPUs, PostgreSQL {pg_version},"
+                f" {meta['pgbouncer'] or 'no PgBouncer'}, poolproxy {meta['poolproxy_commit']};"
+                f" pgbench -j {args.threads} -T {args.duration} -n, scale {args.scale}, pool"
+                f" size {args.pool_size}{workers_note(args.workers)}. tps excludes connection"
+                " time except for -C. CPU = the"
+                " pooler's utime+stime during the run per 1000 transactions (= µs per"
+                " transaction). (!) = the run had problems, see below."
+            )
         failed = [r for r in results if not r.ok]
         for r in failed:
             print(f"\n### problem: {r.mode} via {r.target}\n{r.error}")
             if r.pooler_log_tail:
                 print(f"--- {r.target} log tail ---\n{r.pooler_log_tail}")
+        scrape_problems = metrics_scrape_problems(cost_runs)
+        for problem in scrape_problems:
+            print(f"\n{problem}")
         if args.json is not None:
-            payload = {
+            payload: dict[str, Any] = {
                 "meta": meta,
                 "runs": [asdict(r) | {"cpu_ms_per_1000": r.cpu_ms_per_1000, "ok": r.ok}
                          for r in results],
             }
+            if args.metrics_cost:
+                payload["metrics_cost"] = metrics_cost_json(cost_runs, args.repeat,
+                                                            args.scrape_interval)
             args.json.write_text(json.dumps(payload, indent=2) + "\n")
             print(f"\nresults written to {args.json}")
-        return 1 if failed else 0
+        return 1 if failed or scrape_problems else 0
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything", file=sys.stderr)
         return 130

@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from .pgserver import (
     socket_dir_for,
 )
 from .ports import free_port
+from .procs import poll, read_log, stop_process
 
 BASE_SETTINGS: dict[str, str] = {
     "skip-name-resolve": "1",
@@ -122,16 +122,9 @@ class MariaDbServer:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Shut mariadbd down (SIGTERM, SIGKILL after ``timeout``) and wait for it to exit."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(self._proc, timeout)
         self._proc = None
 
     def restart(self) -> None:
@@ -180,16 +173,11 @@ class MariaDbServer:
     def wait_connection_count(self, user: str, expected: int, timeout: float = 5.0) -> int:
         """Poll ``connection_count`` until it equals ``expected`` or ``timeout`` passes; returns
         the last count (the server notices a closed connection a moment later)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            count = self.connection_count(user)
-            if count == expected or time.monotonic() > deadline:
-                return count
-            time.sleep(0.05)
+        return poll(lambda: self.connection_count(user), lambda n: n == expected, timeout)
 
     def log_text(self) -> str:
         """The server's error log."""
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+        return read_log(self.logfile)
 
     def __repr__(self) -> str:
         return f"<MariaDbServer {self.host}:{self.port} {self.datadir}>"

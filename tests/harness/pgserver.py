@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .ports import free_port
+from .procs import poll, read_log
 
 FALLBACK_SERVICE_USER = "poolproxy-test"
 
@@ -149,11 +150,7 @@ def run_as(
 
 def log_tail(path: Path, lines: int = 60) -> str:
     """The last ``lines`` lines of a log file ('' if it does not exist)."""
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(read_log(path).splitlines()[-lines:])
 
 
 def _server_env(home: Path) -> dict[str, str]:
@@ -318,16 +315,11 @@ class PgServer:
     ) -> int:
         """Poll ``backend_count`` until it equals ``expected`` or ``timeout`` passes; returns
         the last count (backends exit asynchronously after their client disconnects)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            count = self.backend_count(usename, datname)
-            if count == expected or time.monotonic() > deadline:
-                return count
-            time.sleep(0.05)
+        return poll(lambda: self.backend_count(usename, datname), lambda n: n == expected, timeout)
 
     def log_text(self) -> str:
         """The server log (postgresql.log)."""
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+        return read_log(self.logfile)
 
     def __repr__(self) -> str:
         return f"<PgServer {self.host}:{self.port} {self.datadir}>"

@@ -26,6 +26,7 @@ import yaml
 from .mariadb import MariaDbServer
 from .pgserver import PgServer
 from .ports import free_port
+from .procs import poll, process_tree, read_log, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,13 +160,7 @@ class ProxyProcess:
         proc = self._proc
         if proc is None:
             return self.returncode
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc, timeout)
         try:  # leftovers in its session (workers, if any) must not outlive the test
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -204,10 +199,7 @@ class ProxyProcess:
 
     def log_text(self) -> str:
         """Everything the proxy printed (all starts of this object)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -218,16 +210,12 @@ class ProxyProcess:
         """Wait until ``pattern`` appears in the log after character offset ``since``
         (take ``len(p.log_text())`` before the action to only see new lines)."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while True:
-            match = regex.search(self.log_text(), since)
-            if match:
-                return match
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{regex.pattern!r} not in the proxy log after {timeout}s:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+        match = poll(lambda: regex.search(self.log_text(), since), lambda m: m is not None, timeout)
+        if match is None:
+            raise TimeoutError(
+                f"{regex.pattern!r} not in the proxy log after {timeout}s:\n{self.log_tail()}"
+            )
+        return match
 
     def __enter__(self) -> ProxyProcess:
         if not self.is_running():
@@ -253,7 +241,7 @@ class ProxyProcess:
         if not os.path.exists("/proc/net/tcp"):
             return {p for p in wanted if _tcp_accepts(p)}
         inodes: set[int] = set()
-        for pid in _process_tree(self._proc.pid):
+        for pid in process_tree(self._proc.pid):
             try:
                 fds = os.listdir(f"/proc/{pid}/fd")
             except OSError:
@@ -278,28 +266,6 @@ class ProxyProcess:
             except OSError:
                 continue
         return found & wanted
-
-
-def _process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (from /proc/*/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        # The command name is in parentheses and may contain spaces: parse after the last ')'.
-        ppid = int(data[data.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
 
 
 def _tcp_accepts(port: int) -> bool:

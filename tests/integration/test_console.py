@@ -19,7 +19,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +37,7 @@ from tests.harness import (
     mysql_listener,
     pg_listener,
 )
+from tests.harness.util import http_get
 
 POOLS_COLUMNS = ["database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
                  "cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled",
@@ -85,9 +85,7 @@ def pg_connect(proxy: ProxyProcess, **kwargs: Any) -> psycopg.Connection[Any]:
 
 
 def pools_json(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{proxy.admin_port}/pools"
-    with urllib.request.urlopen(url, timeout=3) as resp:
-        return json.loads(resp.read())
+    return json.loads(http_get(proxy, "/pools", timeout=3))
 
 
 def local_port(conn: psycopg.Connection[Any]) -> int:
@@ -96,14 +94,6 @@ def local_port(conn: psycopg.Connection[Any]) -> int:
         return sock.getsockname()[1]
     finally:
         sock.close()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for: {what}")
-        time.sleep(0.02)
 
 
 def write_config(proxy: ProxyProcess, config: dict[str, Any]) -> None:

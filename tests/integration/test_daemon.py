@@ -18,8 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from tests.harness import (
     mysql_listener,
     pg_listener,
 )
+from tests.harness.util import http_get_status
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIGS = sorted((REPO / "config").glob("*.yaml"))
@@ -55,15 +54,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=30)
-
-
-def http_get(proxy: ProxyProcess, path: str, timeout: float = 2.0) -> tuple[int, str]:
-    url = f"http://127.0.0.1:{proxy.admin_port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def pg_connect(proxy: ProxyProcess, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -182,8 +172,8 @@ def test_sigterm_lets_open_transaction_commit_and_refuses_new_clients(
         pg_server: PgServer, pg_proxy_fresh: ProxyProcess, drain_table: str) -> None:
     proxy = pg_proxy_fresh
     tag = f"drain-{time.time_ns()}"
-    assert http_get(proxy, "/healthz") == (200, "ok\n")
-    assert http_get(proxy, "/readyz")[0] == 200
+    assert http_get_status(proxy, "/healthz") == (200, "ok\n")
+    assert http_get_status(proxy, "/readyz")[0] == 200
     conn = pg_connect(proxy, autocommit=False)
     try:
         conn.execute(f"INSERT INTO {drain_table} (tag) VALUES (%s)", (tag,))  # opens BEGIN
@@ -193,14 +183,14 @@ def test_sigterm_lets_open_transaction_commit_and_refuses_new_clients(
         statuses = []
         while time.monotonic() - signalled < 0.5:
             try:
-                statuses.append(http_get(proxy, "/readyz", timeout=0.5)[0])
+                statuses.append(http_get_status(proxy, "/readyz", timeout=0.5)[0])
             except OSError:
                 statuses.append(-1)
             if statuses[-1] == 503:
                 break
             time.sleep(0.01)
         assert 503 in statuses, f"/readyz during the drain: {statuses}"
-        assert http_get(proxy, "/healthz")[0] == 200, "/healthz: the process still runs"
+        assert http_get_status(proxy, "/healthz")[0] == 200, "/healthz: the process still runs"
         # New clients are refused: connection refused, or a 57P01 error.
         with pytest.raises(psycopg.OperationalError) as refused:
             pg_connect(proxy).close()
@@ -298,7 +288,7 @@ def test_idle_client_is_disconnected_promptly_with_57p01(
 
 def test_metrics_count_pg_transactions_and_queries(pg_proxy_fresh: ProxyProcess) -> None:
     proxy = pg_proxy_fresh
-    status, text = http_get(proxy, "/metrics")
+    status, text = http_get_status(proxy, "/metrics")
     assert status == 200
     assert sample_value(text, "poolproxy_build_info", version=__version__) == 1.0
     # prepare_threshold=None: psycopg would otherwise PREPARE the query after 5 runs (which
@@ -306,7 +296,7 @@ def test_metrics_count_pg_transactions_and_queries(pg_proxy_fresh: ProxyProcess)
     with pg_connect(proxy, prepare_threshold=None) as conn:
         for i in range(10):
             assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
-        _, text = http_get(proxy, "/metrics")
+        _, text = http_get_status(proxy, "/metrics")
     labels = {"listener": "pg", "database": "app", "user": "app"}
     assert sample_value(text, "poolproxy_transactions_total", **labels) == 10
     assert sample_value(text, "poolproxy_queries_total", **labels) == 10
@@ -331,14 +321,14 @@ def assert_no_duplicate_samples(text: str) -> None:
 
 def test_pools_json_and_unknown_path(pg_proxy_fresh: ProxyProcess) -> None:
     proxy = pg_proxy_fresh
-    status, body = http_get(proxy, "/pools")
+    status, body = http_get_status(proxy, "/pools")
     assert status == 200 and json.loads(body) == []
     idle = pg_connect(proxy)
     busy = pg_connect(proxy, autocommit=False)
     try:
         busy.execute("SELECT 1")  # transaction left open: holds a server
         idle.execute("SELECT 1")  # needs a second server, then gives it back
-        status, body = http_get(proxy, "/pools")
+        status, body = http_get_status(proxy, "/pools")
         assert status == 200
         pools = json.loads(body)
         assert len(pools) == 1, pools
@@ -348,14 +338,14 @@ def test_pools_json_and_unknown_path(pg_proxy_fresh: ProxyProcess) -> None:
         assert pool["servers"]["active"] == 1 and pool["servers"]["idle"] == 1, pool
         assert pool["waiters"] == 0 and pool["pool_size"] == 3
         busy.commit()
-        pool = json.loads(http_get(proxy, "/pools")[1])[0]
+        pool = json.loads(http_get_status(proxy, "/pools")[1])[0]
         assert pool["clients"] == {"active": 0, "waiting": 0, "idle": 2}, pool
         assert pool["servers"]["active"] == 0 and pool["servers"]["idle"] == 2, pool
     finally:
         idle.close()
         busy.close()
-    assert http_get(proxy, "/nope")[0] == 404
-    assert http_get(proxy, "/metrics/extra")[0] == 404
+    assert http_get_status(proxy, "/nope")[0] == 404
+    assert http_get_status(proxy, "/metrics/extra")[0] == 404
 
 
 def test_metrics_count_mysql_transactions_and_queries(
@@ -367,7 +357,7 @@ def test_metrics_count_mysql_transactions_and_queries(
     labels = {"listener": "mysql", "database": "app", "user": "app"}
     try:
         # PyMySQL sends its own SET NAMES at connect: count from after the login.
-        _, before = http_get(proxy, "/metrics")
+        _, before = http_get_status(proxy, "/metrics")
         xacts = sample_value(before, "poolproxy_transactions_total", **labels)
         queries = sample_value(before, "poolproxy_queries_total", **labels)
         assert xacts <= 1 and queries <= 1
@@ -375,7 +365,7 @@ def test_metrics_count_mysql_transactions_and_queries(
             for i in range(10):
                 cur.execute("SELECT %s", (i,))
                 assert cur.fetchone() == (i,)
-        _, text = http_get(proxy, "/metrics")
+        _, text = http_get_status(proxy, "/metrics")
     finally:
         conn.close()
     assert sample_value(text, "poolproxy_transactions_total", **labels) - xacts == 10
@@ -399,7 +389,7 @@ def test_metrics_no_duplicate_series_for_mysql_pool_variants(
             with conn.cursor() as cur:
                 for _ in range(3):
                     cur.execute("SELECT 1")
-        _, text = http_get(proxy, "/metrics")
+        _, text = http_get_status(proxy, "/metrics")
     finally:
         for conn in conns:
             conn.close()
@@ -416,7 +406,7 @@ def test_metrics_count_transactions_of_a_pinned_client(pg_proxy_fresh: ProxyProc
     with pg_connect(proxy, prepare_threshold=5) as conn:
         for i in range(10):
             assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
-        _, text = http_get(proxy, "/metrics")
+        _, text = http_get_status(proxy, "/metrics")
     labels = {"listener": "pg", "database": "app", "user": "app"}
     # Queries count ReadyForQuery: preparing adds one (Parse + Sync) to the 10 statements.
     assert sample_value(text, "poolproxy_queries_total", **labels) in (10, 11)
@@ -425,8 +415,8 @@ def test_metrics_count_transactions_of_a_pinned_client(pg_proxy_fresh: ProxyProc
 
 
 def test_readyz_and_healthz_when_running(pg_proxy_fresh: ProxyProcess) -> None:
-    assert http_get(pg_proxy_fresh, "/healthz") == (200, "ok\n")
-    assert http_get(pg_proxy_fresh, "/readyz") == (200, "ready\n")
+    assert http_get_status(pg_proxy_fresh, "/healthz") == (200, "ok\n")
+    assert http_get_status(pg_proxy_fresh, "/readyz") == (200, "ready\n")
 
 
 def test_listener_port_refuses_after_exit(pg_proxy_fresh: ProxyProcess) -> None:
@@ -450,4 +440,4 @@ def test_sighup_keeps_the_daemon_and_its_clients(pg_proxy_fresh: ProxyProcess) -
         if not proxy.is_running():
             pytest.fail(f"SIGHUP ended the proxy (exit code {proxy.wait(1.0)}; -1 = killed by SIGHUP)")
         assert conn.execute("SELECT 2").fetchone() == (2,)
-    assert http_get(proxy, "/readyz")[0] == 200
+    assert http_get_status(proxy, "/readyz")[0] == 200

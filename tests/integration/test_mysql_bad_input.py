@@ -22,6 +22,7 @@ import pymysql
 import pytest
 
 from tests.harness import MariaDbServer, ProxyProcess, make_config, mysql_listener
+from tests.harness.util import BackgroundLoop
 
 # Capability flags (spelled out here rather than imported from the codec under test).
 CLIENT_LONG_PASSWORD = 1 << 0
@@ -499,33 +500,24 @@ def test_oversized_packet_after_login(proxy: ProxyProcess) -> None:
         raw.close()
 
 
-class LatencyProbe:
+class LatencyProbe(BackgroundLoop):
     """A second well-behaved client running SELECT 1 in a loop; the slowest round trip."""
 
     def __init__(self, proxy: ProxyProcess) -> None:
+        super().__init__(0.01, join_timeout=30)
         self.conn = pymysql_connect(proxy)
         self.max_latency = 0.0
         self.rounds = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def step(self) -> None:
         with self.conn.cursor() as cur:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                cur.execute("SELECT 1")
-                cur.fetchall()
-                self.max_latency = max(self.max_latency, time.monotonic() - started)
-                self.rounds += 1
-                self._stop.wait(0.01)
+            started = time.monotonic()
+            cur.execute("SELECT 1")
+            cur.fetchall()
+            self.max_latency = max(self.max_latency, time.monotonic() - started)
+            self.rounds += 1
 
-    def __enter__(self) -> LatencyProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
+    def close(self) -> None:
         self.conn.close()
 
 

@@ -10,10 +10,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +21,7 @@ import pymysql
 import pytest
 
 from tests.harness import MariaDbServer, make_config, mysql_listener
+from tests.harness.util import BackgroundLoop, shutdown_socket, wait_for
 
 CLIENTS = 500
 TRANSACTIONS = 20
@@ -76,46 +75,28 @@ def row_lock_free(my: MariaDbServer, row: int) -> bool:
         conn.close()
 
 
-def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-
-
-class ConnectionSampler:
+class ConnectionSampler(BackgroundLoop):
     """Counts user app's connections in information_schema.PROCESSLIST every 50 ms from a root
     connection in a thread of its own (the client event loop is too busy to sample on time)."""
 
     def __init__(self, my: MariaDbServer, interval: float = 0.05) -> None:
+        super().__init__(interval)
         self.conn = my.connect()
-        self.interval = interval
         self.samples: list[int] = []
         self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         try:
-            with self.conn.cursor() as cur:
-                while not self._stop.is_set():
-                    cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST"
-                                " WHERE USER = 'app'")
-                    self.samples.append(int(cur.fetchone()[0]))
-                    self._stop.wait(self.interval)
+            super().run()
         except BaseException as exc:  # reported by the test, not lost in a thread
             self.error = exc
 
-    def __enter__(self) -> ConnectionSampler:
-        self._thread.start()
-        return self
+    def step(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'app'")
+            self.samples.append(int(cur.fetchone()[0]))
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def close(self) -> None:
         self.conn.close()
 
 
@@ -207,11 +188,7 @@ def vanish(conn: pymysql.connections.Connection, how: str) -> None:
     if how == "quit":
         conn.close()
         return
-    sock = socket.socket(fileno=os.dup(conn._sock.fileno()))  # type: ignore[attr-defined]
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    finally:
-        sock.close()
+    shutdown_socket(conn._sock.fileno())  # type: ignore[attr-defined]
     try:
         conn._force_close()  # type: ignore[attr-defined]
     except Exception:
@@ -235,7 +212,7 @@ def test_client_leaving_inside_transaction_rolls_back_and_reuses_server(
     vanish(conn, how)
     # INNODB_TRX is served from a cache that is refreshed only when it has not been read for
     # 100 ms: poll it more slowly than that, or it never changes.
-    assert wait_until(lambda: open_transactions(mariadb_server, thread_id) == 0, 5.0, 0.25), (
+    assert wait_for(lambda: open_transactions(mariadb_server, thread_id) == 0, 5.0, 0.25), (
         "the abandoned transaction is still open on the server")
     assert row_lock_free(mariadb_server, 2), "the abandoned transaction still holds its row lock"
     # The row lock is gone and the change was rolled back.
@@ -298,7 +275,7 @@ def test_client_killed_while_big_result_streams_does_not_break_pool(
             conn2.close()
     assert get_counter(mariadb_server, 3) == 3
     # The connection that was streaming is not left behind on the server (pool_size 1).
-    assert wait_until(lambda: len(app_connection_ids(mariadb_server)) <= 1, 5.0), (
+    assert wait_for(lambda: len(app_connection_ids(mariadb_server)) <= 1, 5.0, 0.02), (
         f"server connections of app: {app_connection_ids(mariadb_server)} (old: {old_ids})")
     assert pool1_proxy.is_running()
     assert "Traceback" not in pool1_proxy.log_text()

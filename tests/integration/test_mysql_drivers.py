@@ -28,6 +28,7 @@ import pymysql.constants.CLIENT
 import pytest
 
 from tests.harness import MariaDbServer, ProxyProcess, make_config, mysql_listener
+from tests.harness.myclient import conn_id, one, rows
 
 QUERY_WAIT = 5  # seconds: a client that keeps the server makes the next one fail this fast
 HOLD = 0.7  # seconds a transaction holds the only server while another client waits
@@ -139,25 +140,6 @@ def drv(request: pytest.FixtureRequest) -> Driver:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def rows(conn: Any, sql: str, params: Any = None) -> list[tuple]:
-    cur = conn.cursor()
-    try:
-        cur.execute(sql, params)
-        return [tuple(r) for r in cur.fetchall()] if cur.description is not None else []
-    finally:
-        cur.close()
-
-
-def one(conn: Any, sql: str, params: Any = None) -> tuple:
-    result = rows(conn, sql, params)
-    assert len(result) == 1, result
-    return result[0]
-
-
-def conn_id(conn: Any) -> int:
-    return int(one(conn, "SELECT CONNECTION_ID()")[0])
 
 
 def processlist(my: MariaDbServer, server_id: int) -> list[tuple]:

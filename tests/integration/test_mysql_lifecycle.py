@@ -24,8 +24,7 @@ import signal
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import pymysql
 import pytest
 
 from tests.harness import MariaDbServer, ProxyProcess, make_config, mysql_listener
+from tests.harness.util import http_get, wait_for
 
 APP = {"user": "app", "password": "app-secret", "database": "app"}
 JANITOR_SLACK = 0.5  # one janitor period (0.25 s) plus scheduling and PROCESSLIST latency
@@ -55,13 +55,11 @@ def close_quietly(conn: pymysql.Connection) -> None:
 
 
 def pools(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/pools", timeout=5) as resp:
-        return json.loads(resp.read())
+    return json.loads(http_get(proxy, "/pools"))
 
 
 def closed_by_reason(proxy: ProxyProcess, reason: str) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
+    text = http_get(proxy, "/metrics").decode()
     pattern = re.compile(r'^poolproxy_server_connections_closed_total\{[^}]*reason="'
                          + re.escape(reason) + r'"[^}]*\} ([0-9.e+]+)$', re.M)
     return int(sum(float(v) for v in pattern.findall(text)))
@@ -81,18 +79,8 @@ def kill_all_app_threads(my: MariaDbServer) -> set[int]:
         except pymysql.err.OperationalError as exc:
             if exc.args[0] != 1094:  # unknown thread id: it went away by itself
                 raise
-    assert wait_until(lambda: not (app_threads(my) & ids), 5), "KILLed threads still listed"
+    assert wait_for(lambda: not (app_threads(my) & ids), 5), "KILLed threads still listed"
     return ids
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 LEAK_KEYS = ("active", "login", "testing", "waiters", "tasks", "listener_tasks", "clients")
@@ -141,7 +129,7 @@ def assert_no_leaks(proxy: ProxyProcess, my: MariaDbServer,
         report = leak_report(proxy, my, baseline)
         return not report
 
-    assert wait_until(clean, timeout, 0.1), f"leaks after {timeout}s: {report}\n{pools(proxy)}"
+    assert wait_for(clean, timeout, 0.1), f"leaks after {timeout}s: {report}\n{pools(proxy)}"
 
 
 def mysql_errno(exc: BaseException) -> int | None:
@@ -458,7 +446,7 @@ def test_kill_inside_transaction_errors_then_client_continues(
             tid = int(cur.fetchone()[0])
         assert tid in app_threads(fault_db)
         fault_db.execute(f"KILL {tid}")
-        assert wait_until(lambda: tid not in app_threads(fault_db), 5)
+        assert wait_for(lambda: tid not in app_threads(fault_db), 5)
         time.sleep(0.2)  # the proxy has seen the EOF
 
         with pytest.raises(pymysql.err.OperationalError) as info:

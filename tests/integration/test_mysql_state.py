@@ -25,6 +25,7 @@ import pymysql.constants.CLIENT
 import pytest
 
 from tests.harness import MariaDbServer, ProxyProcess, make_config, mysql_listener
+from tests.harness.myclient import conn_id, one, rows
 
 QUERY_WAIT = 5  # seconds: a client kept off the server fails this fast instead of hanging
 ROUNDS = 10  # alternations between A and B
@@ -75,25 +76,6 @@ def connect(proxy: ProxyProcess, listener: str = "one", database: str = "app",
     return pymysql.connect(host="127.0.0.1", port=proxy.port(listener), user="app",
                            password="app-secret", database=database, autocommit=True,
                            connect_timeout=10, **kwargs)
-
-
-def rows(conn: Any, sql: str, params: Any = None) -> list[tuple]:
-    cur = conn.cursor()
-    try:
-        cur.execute(sql, params)
-        return [tuple(r) for r in cur.fetchall()] if cur.description is not None else []
-    finally:
-        cur.close()
-
-
-def one(conn: Any, sql: str, params: Any = None) -> tuple:
-    result = rows(conn, sql, params)
-    assert len(result) == 1, result
-    return result[0]
-
-
-def conn_id(conn: Any) -> int:
-    return int(one(conn, "SELECT CONNECTION_ID()")[0])
 
 
 def processlist_user(my: MariaDbServer, server_id: int) -> list[tuple]:

@@ -23,8 +23,6 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +40,7 @@ from tests.harness import (
     mysql_listener,
     pg_listener,
 )
+from tests.harness.util import http_get_status, wait_for
 
 PG_LABELS = {"listener": "pg", "database": "app", "user": "app"}
 REASONS = ("idle_timeout", "lifetime", "check_failed", "server_error", "client_abort",
@@ -51,24 +50,15 @@ REASONS = ("idle_timeout", "lifetime", "check_failed", "server_error", "client_a
 # --------------------------------------------------------------------------- helpers
 
 
-def http_get(proxy: ProxyProcess, path: str, timeout: float = 3.0) -> tuple[int, str]:
-    url = f"http://127.0.0.1:{proxy.admin_port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def scrape(proxy: ProxyProcess) -> str:
-    status, text = http_get(proxy, "/metrics")
+    status, text = http_get_status(proxy, "/metrics", timeout=3.0)
     assert status == 200, text
     assert_unique_series(text)
     return text
 
 
 def pools_json(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    status, body = http_get(proxy, "/pools")
+    status, body = http_get_status(proxy, "/pools", timeout=3.0)
     assert status == 200, body
     return json.loads(body)
 
@@ -136,11 +126,8 @@ def show(conn: psycopg.Connection[Any], what: str) -> list[dict[str, Any]]:
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for: {what}")
-        time.sleep(0.05)
+    if not wait_for(check, timeout):
+        pytest.fail(f"timed out after {timeout}s waiting for: {what}")
 
 
 def scalar(conn: psycopg.Connection[Any], sql: str) -> Any:
@@ -525,6 +512,9 @@ def test_sighup_under_load_then_broken_file(pg_server: PgServer, proxy_factory: 
     done = [0] * N_CLIENTS
     phase = {"stop": False}
     marks: dict[str, Any] = {}
+    go = asyncio.Event()
+    go.set()
+    busy = [False] * N_CLIENTS
 
     async def client(i: int) -> None:
         conn = await asyncpg.connect(host="127.0.0.1", port=port, user="app2",
@@ -532,6 +522,8 @@ def test_sighup_under_load_then_broken_file(pg_server: PgServer, proxy_factory: 
                                      statement_cache_size=0, timeout=10)
         try:
             while not phase["stop"]:
+                await go.wait()
+                busy[i] = True
                 try:
                     async with conn.transaction():
                         assert await conn.fetchval("SELECT $1::int", i) == i
@@ -540,8 +532,20 @@ def test_sighup_under_load_then_broken_file(pg_server: PgServer, proxy_factory: 
                 except Exception as exc:  # every error fails the test
                     errors.append(exc)
                     await asyncio.sleep(0.05)
+                finally:
+                    busy[i] = False
         finally:
             await conn.close()
+
+    async def quiescent_scrape() -> tuple[str, int]:
+        """Scrape while no transaction is in flight, so the counter and `done` agree."""
+        go.clear()
+        try:
+            while any(busy):
+                await asyncio.sleep(0.005)
+            return await blocking(lambda: scrape(proxy)), sum(done)
+        finally:
+            go.set()
 
     def blocking(fn: Callable[[], Any]) -> Any:
         return asyncio.get_running_loop().run_in_executor(None, fn)
@@ -562,8 +566,7 @@ def test_sighup_under_load_then_broken_file(pg_server: PgServer, proxy_factory: 
             await asyncio.sleep(1.0)
             await progress_after("start")
             assert await blocking(lambda: pg_server.backend_count("app2", "app2")) == 5
-            marks["before"] = await blocking(lambda: scrape(proxy))
-            marks["done_before"] = sum(done)
+            marks["before"], marks["done_before"] = await quiescent_scrape()
             # Reload: pool_size 5 -> 2, server_idle_timeout 10m -> 30s.
             new = _config_for_reload(pg_server, listen, config["admin"], 2, "30s")
             since = len(proxy.log_text())

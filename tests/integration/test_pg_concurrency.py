@@ -9,9 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +18,7 @@ import psycopg
 import pytest
 
 from tests.harness import PgServer, make_config, pg_listener
+from tests.harness.util import BackgroundLoop, shutdown_socket
 
 CLIENTS = 500
 TRANSACTIONS = 20
@@ -55,29 +53,19 @@ def app_backends(conn: psycopg.Connection[Any], state: str | None = None) -> int
     return int(row[0])
 
 
-class BackendSampler:
+class BackendSampler(BackgroundLoop):
     """Counts user app's backends in pg_stat_activity every 50 ms from a superuser connection
     in a thread of its own (the client event loop is too busy to sample on time)."""
 
     def __init__(self, pg: PgServer, interval: float = 0.05) -> None:
+        super().__init__(interval)
         self.conn = psycopg.connect(pg.dsn(dbname="app"), autocommit=True)
-        self.interval = interval
         self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(app_backends(self.conn))
-            self._stop.wait(self.interval)
+    def step(self) -> None:
+        self.samples.append(app_backends(self.conn))
 
-    def __enter__(self) -> BackendSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def close(self) -> None:
         self.conn.close()
 
 
@@ -150,11 +138,7 @@ def vanish(conn: psycopg.Connection[Any], how: str) -> None:
     if how == "terminate":
         conn.close()
         return
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    finally:
-        sock.close()
+    shutdown_socket(conn.fileno())
     try:
         conn.close()
     except psycopg.Error:

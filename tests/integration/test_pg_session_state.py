@@ -21,33 +21,22 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.harness import PgServer, ProxyProcess, make_config, pg_listener
+from tests.harness import PgServer, ProxyProcess
+from tests.harness.pgclient import connect, discard_all, one, pool_of_one_proxy
 
 QUERY_WAIT = 1.0  # seconds; the janitor checks a few times a second
 
 
 @pytest.fixture(scope="module")
 def proxy(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    config = make_config(
-        pg_listener(pg_server, pool_size=1, query_wait_timeout=f"{QUERY_WAIT}s"), admin=False)
-    proc = ProxyProcess(config, tmp_path_factory.mktemp("pg_session_state_proxy"))
-    proc.start()
-    yield proc
-    proc.stop()
+    yield from pool_of_one_proxy(pg_server, tmp_path_factory.mktemp("pg_session_state_proxy"), QUERY_WAIT)
 
 
 @pytest.fixture(autouse=True)
 def _reset_pooled_server(proxy: ProxyProcess) -> Iterator[None]:
-    """After each test, DISCARD ALL on the pooled server: a state leak that one test detects
-    (and fails on) must not make the following tests fail too."""
+    """After each test, DISCARD ALL on the pooled server (see ``discard_all``)."""
     yield
-    try:
-        with psycopg.connect(host="127.0.0.1", port=proxy.port("pg"), user="app",
-                             password="app-secret", dbname="app", autocommit=True,
-                             connect_timeout=5) as conn:
-            conn.execute("DISCARD ALL")
-    except psycopg.Error:
-        pass
+    discard_all(proxy)
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +60,6 @@ def server_setup(pg_server: PgServer) -> dict[str, str]:
         "search_path": pg_server.execute("SHOW search_path")[0][0],
         "statement_timeout": pg_server.execute("SHOW statement_timeout")[0][0],
     }
-
-
-def connect(proxy: ProxyProcess, **kwargs: Any) -> psycopg.Connection:
-    kwargs.setdefault("autocommit", True)
-    return psycopg.connect(
-        host="127.0.0.1", port=proxy.port("pg"), user="app", password="app-secret",
-        dbname="app", prepare_threshold=None, connect_timeout=10, **kwargs)
-
-
-def one(conn: psycopg.Connection, sql: str, params: tuple | None = None) -> Any:
-    row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
-    assert row is not None
-    return row[0]
 
 
 def pid_of(conn: psycopg.Connection) -> int:

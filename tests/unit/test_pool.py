@@ -1,4 +1,5 @@
-"""Unit tests for proxy/pool.py and proxy/janitor.py: fake clock, fake servers, fake connect.
+"""Unit tests for proxy/pool.py and proxy/janitor.py: fake clock, fake servers, fake connect
+(shared with test_pool_lifecycle.py in poolfakes.py).
 
 Nothing here touches a socket. Time is a mutable float behind a lambda, so timeouts are tested
 by moving the clock, not by sleeping. Tests that need the pool to open connections (it spawns
@@ -9,135 +10,24 @@ with a short ``server_login_retry``, because that retry is an ``asyncio.sleep``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
-from proxy.config import PoolSettings
-from proxy.errors import ProxyError, QueryWaitTimeout, ServerLoginError, ServerUnavailable
+from proxy.errors import QueryWaitTimeout, ServerLoginError, ServerUnavailable
 from proxy.janitor import Janitor
 from proxy.pool import BUCKETS, CloseReason, Pool, ServerState
-
-# --------------------------------------------------------------------------- fakes
-
-
-class FakeClock:
-    """A mutable float; ``clock.fn`` is the ``() -> float`` handed to the pool."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self.fn: Callable[[], float] = lambda: self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FakeServer:
-    _next_id = 0
-
-    def __init__(self, pool: Pool) -> None:
-        FakeServer._next_id += 1
-        self.id = FakeServer._next_id
-        now = pool.clock()
-        self.state = ServerState.LOGIN
-        self.created_at = now
-        self.last_used = now
-        self.expires_at = pool.lifetime_deadline(now)
-        self.closed_with: list[CloseReason] = []
-        self.params = {"server_version": "17.0", "client_encoding": "UTF8"}
-
-    def close(self, reason: CloseReason) -> None:
-        self.closed_with.append(reason)
-        self.state = ServerState.CLOSED
-
-    def __repr__(self) -> str:
-        return f"<FakeServer {self.id} {self.state.value}>"
-
-
-class FakeConnect:
-    """The pool's `connect` coroutine. Outcomes are consumed in order: an exception instance is
-    raised, anything else (or an empty script) means "open a FakeServer". With ``gate`` set,
-    every call first waits for the gate (an asyncio.Event) to open."""
-
-    def __init__(self, *script: Any) -> None:
-        self.script = list(script)
-        self.calls = 0
-        self.opened: list[FakeServer] = []
-        self.gate: asyncio.Event | None = None
-
-    async def __call__(self, pool: Pool) -> FakeServer:
-        self.calls += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        outcome = self.script.pop(0) if self.script else None
-        if isinstance(outcome, BaseException):
-            raise outcome
-        server = FakeServer(pool)
-        server.state = ServerState.ACTIVE  # as a freshly logged-in server is
-        self.opened.append(server)
-        return server
-
-
-class FakeWaiter:
-    def __init__(self, name: str = "w") -> None:
-        self.name = name
-        self.wait_started = -1.0
-        self.servers: list[Any] = []
-        self.errors: list[ProxyError] = []
-
-    def on_server(self, server: Any) -> None:
-        self.servers.append(server)
-
-    def on_pool_error(self, exc: ProxyError) -> None:
-        self.errors.append(exc)
-
-    @property
-    def server(self) -> Any:
-        assert len(self.servers) == 1, f"{self.name} got {self.servers}"
-        return self.servers[0]
-
-    def __repr__(self) -> str:
-        return f"<FakeWaiter {self.name}>"
-
-
-def settings(**changes: Any) -> PoolSettings:
-    return dataclasses.replace(PoolSettings(), **changes)
-
-
-def make_pool(connect: FakeConnect | None = None, clock: FakeClock | None = None,
-              **changes: Any) -> tuple[Pool, FakeConnect, FakeClock]:
-    connect = connect or FakeConnect()
-    clock = clock or FakeClock()
-    pool = Pool("pg", "app", "app", settings(**changes), connect, clock.fn)
-    return pool, connect, clock
-
-
-async def settle(rounds: int = 5) -> None:
-    """Let spawned open tasks run to completion (they await nothing real)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-def run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(coro_fn())
-
-
-async def fill_idle(pool: Pool, n: int) -> list[FakeServer]:
-    """Open `n` servers through waiters and check them all in: they end up idle (in this order)."""
-    waiters = [FakeWaiter(f"fill{i}") for i in range(n)]
-    for w in waiters:
-        assert pool.checkout(w) is None
-    await settle()
-    servers = [w.server for w in waiters]
-    for s in servers:
-        pool.checkin(s)
-    assert list(pool.idle) == servers
-    return servers
-
+from tests.unit.poolfakes import (
+    FakeConnect,
+    FakeWaiter,
+    fill_idle,
+    make_pool,
+    run,
+    settings,
+    settle,
+)
 
 # --------------------------------------------------------------------------- checkout / checkin
 

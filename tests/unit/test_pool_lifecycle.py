@@ -6,114 +6,32 @@ own idle limit, min_pool_size top-up, the reserve pool, max_db_connections (the 
 
 Same style as test_pool.py: a fake clock (a mutable float), fake servers whose async
 ``health_check(timeout)`` the test controls, a fake async ``connect``. Nothing sleeps for real;
-tests in which the pool spawns tasks run inside ``asyncio.run``. The fakes are copied rather
-than imported so this file does not depend on test_pool.py's internals.
+tests in which the pool spawns tasks run inside ``asyncio.run``. The fakes shared with
+test_pool.py are in poolfakes.py; the janitor's fake clients are here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
-from proxy.config import PoolSettings
 from proxy.errors import ProxyError
 from proxy.janitor import Janitor
 from proxy.pool import ClientState, CloseReason, Pool, ServerState
+from tests.unit.poolfakes import (
+    FakeClock,
+    FakeServer,
+    FakeWaiter,
+    fill_idle,
+    make_pool,
+    run,
+    settle,
+)
 
 # --------------------------------------------------------------------------- fakes
-
-
-class FakeClock:
-    """A mutable float; ``clock.fn`` is the ``() -> float`` handed to the pool."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self.fn: Callable[[], float] = lambda: self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FakeServer:
-    """A server connection whose health check the test scripts.
-
-    ``check_result`` is what ``health_check`` returns (an exception instance is raised); with
-    ``check_gate`` set, the check first waits for that event (a check in flight)."""
-
-    _next_id = 0
-
-    def __init__(self, pool: Pool) -> None:
-        FakeServer._next_id += 1
-        self.id = FakeServer._next_id
-        now = pool.clock()
-        self.state = ServerState.LOGIN
-        self.created_at = now
-        self.last_used = now
-        self.expires_at = pool.lifetime_deadline(now)
-        self.closed_with: list[CloseReason] = []
-        self.check_result: Any = True
-        self.check_gate: asyncio.Event | None = None
-        self.checks: list[float] = []  # the timeout passed to each health_check call
-
-    async def health_check(self, timeout: float) -> bool:
-        self.checks.append(timeout)
-        if self.check_gate is not None:
-            await self.check_gate.wait()
-        if isinstance(self.check_result, BaseException):
-            raise self.check_result
-        return bool(self.check_result)
-
-    def close(self, reason: CloseReason) -> None:
-        self.closed_with.append(reason)
-        self.state = ServerState.CLOSED
-
-    def __repr__(self) -> str:
-        return f"<FakeServer {self.id} {self.state.value}>"
-
-
-class FakeConnect:
-    """The pool's `connect` coroutine: opens a FakeServer (after ``gate``, if set)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.opened: list[FakeServer] = []
-        self.gate: asyncio.Event | None = None
-
-    async def __call__(self, pool: Pool) -> FakeServer:
-        self.calls += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        server = FakeServer(pool)
-        server.state = ServerState.ACTIVE  # as a freshly logged-in server is
-        self.opened.append(server)
-        return server
-
-
-class FakeWaiter:
-    def __init__(self, name: str = "w") -> None:
-        self.name = name
-        self.wait_started = -1.0
-        self.servers: list[Any] = []
-        self.errors: list[ProxyError] = []
-
-    def on_server(self, server: Any) -> None:
-        self.servers.append(server)
-
-    def on_pool_error(self, exc: ProxyError) -> None:
-        self.errors.append(exc)
-
-    @property
-    def server(self) -> Any:
-        assert len(self.servers) == 1, f"{self.name} got {self.servers}"
-        return self.servers[0]
-
-    def __repr__(self) -> str:
-        return f"<FakeWaiter {self.name}>"
 
 
 class FakeClient:
@@ -135,43 +53,8 @@ class FakeClient:
         return f"<FakeClient {self.name} {self.state.value}>"
 
 
-def settings(**changes: Any) -> PoolSettings:
-    return dataclasses.replace(PoolSettings(), **changes)
-
-
-def make_pool(connect: FakeConnect | None = None, clock: FakeClock | None = None,
-              **changes: Any) -> tuple[Pool, FakeConnect, FakeClock]:
-    connect = connect or FakeConnect()
-    clock = clock or FakeClock()
-    pool = Pool("pg", "app", "app", settings(**changes), connect, clock.fn)
-    return pool, connect, clock
-
-
 def janitor_for(pool: Pool, clock: FakeClock, clients: list[FakeClient] | None = None) -> Janitor:
     return Janitor(lambda: [pool], clock.fn, clients=lambda: clients or [])
-
-
-async def settle(rounds: int = 8) -> None:
-    """Let spawned tasks (opens, health checks) run to completion (they await nothing real)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-def run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(coro_fn())
-
-
-async def fill_idle(pool: Pool, n: int) -> list[FakeServer]:
-    """Open `n` servers through waiters and check them all in: they end up idle (in this order)."""
-    waiters = [FakeWaiter(f"fill{i}") for i in range(n)]
-    for w in waiters:
-        assert pool.checkout(w) is None
-    await settle()
-    servers = [w.server for w in waiters]
-    for s in servers:
-        pool.checkin(s)
-    assert list(pool.idle) == servers
-    return servers
 
 
 def closed_by(servers: list[FakeServer], reason: CloseReason) -> list[FakeServer]:
