@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import ProxyError, ServerConnectionLost, ServerUnavailable
+from .outbox import outbox_for
 from .pool import ClientState, CloseReason, Pool, ServerState
 
 log = logging.getLogger("poolproxy.session")
@@ -48,6 +49,7 @@ class ServerSession(asyncio.Protocol):
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
+        self.outbox = outbox_for(loop)
         self.transport: asyncio.Transport | None = None
         self.state = ServerState.LOGIN
         self.client: Any = None
@@ -139,7 +141,7 @@ class ServerSession(asyncio.Protocol):
         transport = self.transport
         if self._lost is not None or transport is None or transport.is_closing():
             raise ServerConnectionLost("server connection lost: the connection is closed")
-        transport.write(data)
+        self.outbox.write(transport, data)
 
     def close(self, reason: CloseReason) -> None:
         if self.state is ServerState.CLOSED:
@@ -148,11 +150,9 @@ class ServerSession(asyncio.Protocol):
         self.close_reason = reason
         self.state = ServerState.CLOSED
         if self.transport is not None:
-            try:
-                self.transport.write(self.GOODBYE)
-            except Exception:
-                pass
-            self.transport.close()
+            if self.GOODBYE and not self.transport.is_closing():
+                self.outbox.write(self.transport, self.GOODBYE)
+            self.outbox.close(self.transport)
 
     async def _next(self, timeout: float | None = None) -> tuple[int, bytes]:
         """The next whole message of a login or internal exchange."""
@@ -210,6 +210,7 @@ class ClientSession(asyncio.Protocol):
     def __init__(self, listener: Any) -> None:
         self.listener = listener
         self.loop: asyncio.AbstractEventLoop = listener.loop
+        self.outbox = outbox_for(self.loop)
         self.transport: asyncio.Transport | None = None
         self._throttled = None  # server whose reading we paused
         self._backpressured = False  # our reading paused because the server can't keep up
@@ -233,6 +234,10 @@ class ClientSession(asyncio.Protocol):
         self._buffer = []  # what a waiting client sent, for the server it will get
         self._paused = False
         self._login_timer: asyncio.TimerHandle | None = None
+
+    def send(self, data: bytes) -> None:
+        """Write to the client (through the outbox: in order, after the current batch)."""
+        self.outbox.write(self.transport, data)
 
     def _disconnect(self) -> None:
         if self.state is ClientState.CLOSED:

@@ -100,7 +100,7 @@ class ClientConnection(ClientSession):
         version = greeting.server_version if greeting else DEFAULT_VERSION
         offered = OFFERED_CAPS & (greeting.capabilities if greeting else 0xFFFFFFFF)
         offered |= codec.CLIENT_PROTOCOL_41 | codec.CLIENT_SECURE_CONNECTION | codec.CLIENT_PLUGIN_AUTH
-        self.transport.write(codec.encode_packet(0, codec.build_handshake(  # type: ignore[union-attr]
+        self.send(codec.encode_packet(0, codec.build_handshake(
             version, self.conn_id, self._nonce, offered, charset=codec.UTF8MB4_GENERAL_CI,
             auth_plugin_name=lst.config.auth_type)))
         self._offered = offered
@@ -151,10 +151,10 @@ class ClientConnection(ClientSession):
         if self.transport is None or self.transport.is_closing():
             return
         message = exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
-        self.transport.write(codec.encode_packet(
+        self.send(codec.encode_packet(
             seq & 0xFF, codec.build_err(exc.mysql_errno, exc.mysql_sqlstate, message)))
         if fatal:
-            self.transport.close()
+            self.outbox.close(self.transport)
 
     def _login_timed_out(self) -> None:
         if self.state is ClientState.LOGIN:
@@ -207,7 +207,7 @@ class ClientConnection(ClientSession):
         self._auth_plugin = plugin
         if (resp.auth_plugin_name or "mysql_native_password") != plugin:
             self._login_step = "switch"
-            self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+            self.send(codec.encode_packet(
                 seq + 1, codec.build_auth_switch_request(plugin, self._nonce)))
             return
         self._verify(resp.auth_response)
@@ -225,7 +225,7 @@ class ClientConnection(ClientSession):
                              f"(using password: {'YES' if response else 'NO'})")
         if self._auth_plugin == "caching_sha2_password":
             self._auth_seq += 1
-            self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+            self.send(codec.encode_packet(
                 self._auth_seq, codec.build_auth_more_data(bytes((caching_sha2.FAST_AUTH_SUCCESS,)))))
         self._login_step = "done"
         variant = (self.caps & SEMANTIC_CAPS, self.charset)
@@ -266,7 +266,7 @@ class ClientConnection(ClientSession):
         assert self.pool is not None
         self.pool.clients += 1
         self.listener.count_result("accepted")
-        self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+        self.send(codec.encode_packet(
             self._auth_seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
         log.debug("%r: logged in", self)
 
@@ -277,10 +277,10 @@ class ClientConnection(ClientSession):
             return
         cmd = payload[0]
         if cmd == codec.COM_QUIT:
-            self.transport.close()  # type: ignore[union-attr]
+            self.outbox.close(self.transport)
             return
         if cmd == codec.COM_PING and self.server is None:
-            self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+            self.send(codec.encode_packet(
                 seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
             return
         if self._broken and self.server is None:
@@ -294,7 +294,7 @@ class ClientConnection(ClientSession):
         if cmd == codec.COM_RESET_CONNECTION and self.server is None and self.pinned is None:
             self.vars = {}
             self.schema = self.database
-            self.transport.write(codec.encode_packet(  # type: ignore[union-attr]
+            self.send(codec.encode_packet(
                 seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
             return
         if cmd == codec.COM_QUERY:

@@ -90,7 +90,7 @@ class ServerConnection(ServerSession):
             return
         self.pool.stats.bytes_out += len(data)
         client.replay = None  # the reply has started: no transparent retry any more
-        client.transport.write(data)  # type: ignore[union-attr]
+        self.outbox.write(client.transport, data)
         if done:
             client.response_done(self, tracker)
         elif tracker.waiting_for_client:

@@ -131,11 +131,11 @@ class ClientConnection(ClientSession):
         """Send `exc` as an ErrorResponse; FATAL ones close the connection."""
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(codec.error_response(
+        self.send(codec.error_response(
             exc.sqlstate, exc.message, severity="FATAL" if fatal else "ERROR",
             detail=exc.detail, hint=exc.hint))
         if fatal:
-            self.transport.close()
+            self.outbox.close(self.transport)
 
     # ------------------------------------------------------------------ login
     def _login_timed_out(self) -> None:
@@ -177,9 +177,9 @@ class ClientConnection(ClientSession):
         if isinstance(msg, codec.SpecialRequest):
             if msg.code == codec.CANCEL_REQUEST_CODE:
                 self.listener.handle_cancel(msg.pid, msg.secret)
-                self.transport.close()  # type: ignore[union-attr]
+                self.outbox.close(self.transport)
                 return False
-            self.transport.write(b"N")  # type: ignore[union-attr]  # no TLS / GSS (yet)
+            self.send(b"N")  # no TLS / GSS (yet)
             return True
         rest = self._startup.take_rest() if self._startup else b""
         self._startup = None
@@ -244,12 +244,12 @@ class ClientConnection(ClientSession):
         elif auth == "md5":
             self._md5_salt = os.urandom(4)
             self._auth_step = "md5"
-            self.transport.write(codec.auth_request(codec.AUTH_MD5, self._md5_salt))  # type: ignore[union-attr]
+            self.send(codec.auth_request(codec.AUTH_MD5, self._md5_salt))
         else:
             verifier = lst.scram_verifier(user, self._password)
             self._scram = scram.ScramServer(verifier)
             self._auth_step = "sasl-first"
-            self.transport.write(codec.auth_sasl([scram.MECHANISM]))  # type: ignore[union-attr]
+            self.send(codec.auth_sasl([scram.MECHANISM]))
 
     def _parse_options(self, options: str) -> None:
         tokens = options.split()
@@ -291,7 +291,7 @@ class ClientConnection(ClientSession):
             except scram.ScramError as exc:
                 raise ProtocolViolation(f"malformed SCRAM message: {exc}") from None
             self._auth_step = "sasl-final"
-            self.transport.write(codec.auth_request(codec.AUTH_SASL_CONTINUE, reply))  # type: ignore[union-attr]
+            self.send(codec.auth_request(codec.AUTH_SASL_CONTINUE, reply))
         elif step == "sasl-final":
             assert self._scram is not None
             try:
@@ -300,14 +300,14 @@ class ClientConnection(ClientSession):
                 raise fail from None
             if self._password is None:  # unknown user: mock verifier cannot succeed, but be sure
                 raise fail
-            self.transport.write(codec.auth_request(codec.AUTH_SASL_FINAL, reply))  # type: ignore[union-attr]
+            self.send(codec.auth_request(codec.AUTH_SASL_FINAL, reply))
             self._auth_ok()
         else:
             raise ProtocolViolation("unexpected password message")
 
     def _auth_ok(self) -> None:
         self._auth_step = None
-        self.transport.write(codec.auth_request(codec.AUTH_OK))  # type: ignore[union-attr]
+        self.send(codec.auth_request(codec.AUTH_OK))
         if self._console is not None:
             self._finish_console_login()
             return
@@ -406,7 +406,7 @@ class ClientConnection(ClientSession):
         self.key = self.listener.register_cancel_key(self)
         out.append(codec.backend_key_data(*self.key))
         out.append(codec.ready_for_query(b"I"))
-        self.transport.write(b"".join(out))
+        self.send(b"".join(out))
         self.state = ClientState.IDLE
         self.idle_since = self.pool.clock()
         self.pool.clients += 1
@@ -430,7 +430,7 @@ class ClientConnection(ClientSession):
         out = [codec.parameter_status(k, v) for k, v in params.items()]
         out.append(codec.backend_key_data(0, 0))
         out.append(codec.ready_for_query(b"I"))
-        self.transport.write(b"".join(out))  # type: ignore[union-attr]
+        self.send(b"".join(out))
         self.state = ClientState.IDLE
         self.listener.count_result("accepted")
         self._reader = codec.MessageReader(max_message=1 << 20)
@@ -445,7 +445,7 @@ class ClientConnection(ClientSession):
             return
         for t, body in messages:
             if t == MSG_TERMINATE:
-                self.transport.close()  # type: ignore[union-attr]
+                self.outbox.close(self.transport)
                 return
             if t != MSG_QUERY:
                 self.fail(FeatureNotSupported(
@@ -468,7 +468,7 @@ class ClientConnection(ClientSession):
                     reply = codec.error_response(exc.sqlstate, str(exc))
                 if self.transport is None or self.transport.is_closing():
                     return
-                self.transport.write(reply + codec.ready_for_query(b"I"))
+                self.send(reply + codec.ready_for_query(b"I"))
         finally:
             self._console_busy = False
 
@@ -493,9 +493,9 @@ class ClientConnection(ClientSession):
             # Sync and send ReadyForQuery — instead of running it outside that transaction.
             if not self._error_sent:
                 self._error_sent = True
-                self.transport.write(self._lost_error())  # type: ignore[union-attr]
+                self.send(self._lost_error())
             if self.pending > 0:
-                self.transport.write(codec.ready_for_query(b"I") * self.pending)  # type: ignore[union-attr]
+                self.send(codec.ready_for_query(b"I") * self.pending)
                 self._broken = self._error_sent = False
                 self.pending = 0
                 self.unsynced = False
@@ -523,7 +523,7 @@ class ClientConnection(ClientSession):
                 replay.append(data)
             else:
                 self.replay = None  # too much to keep: no retry for this one
-        server.transport.write(data)  # type: ignore[union-attr]
+        self.outbox.write(server.transport, data)
 
     def _buffer_while_waiting(self, data: bytes) -> None:
         # A waiting client rarely sends more (it awaits our answer), so reading is paused only
@@ -576,7 +576,7 @@ class ClientConnection(ClientSession):
                 self.pending += 1
             elif t == MSG_TERMINATE:
                 # Never forward Terminate: the server connection outlives this client.
-                self.transport.close()  # type: ignore[union-attr]
+                self.outbox.close(self.transport)
                 return data[:end - 5]
         return data
 
@@ -613,7 +613,7 @@ class ClientConnection(ClientSession):
                     if value is not None and sp.get(name) != value}
             if diff:
                 server.swallow += 1
-                server.transport.write(codec.query(sync_sql(diff)))  # type: ignore[union-attr]
+                self.outbox.write(server.transport, codec.query(sync_sql(diff)))
                 sp.update(diff)
             server.param_sig = sig
 
@@ -628,7 +628,7 @@ class ClientConnection(ClientSession):
         self._buffered = 0
         self.replay = [data]
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
-        server.transport.write(data)  # type: ignore[union-attr]
+        self.outbox.write(server.transport, data)
         if self._paused:
             self._paused = False
             if not self._backpressured:
@@ -705,7 +705,7 @@ class ClientConnection(ClientSession):
             # Extended-protocol messages ended by Flush, not Sync (asyncpg's prepare): no
             # ReadyForQuery is owed yet, but a reply is. Answer as PostgreSQL does after an
             # error: ErrorResponse now, then discard until Sync and answer it with 'Z'.
-            self.transport.write(self._lost_error())  # type: ignore[union-attr]
+            self.send(self._lost_error())
             self._broken = self._error_sent = True
         elif owed == 0:
             self._broken = True  # idle in transaction: the next request gets the error
@@ -719,7 +719,7 @@ class ClientConnection(ClientSession):
 
     def _answer_lost(self, owed: int) -> None:
         out = self._lost_error()
-        self.transport.write(out + codec.ready_for_query(b"I") * max(owed, 1))  # type: ignore[union-attr]
+        self.send(out + codec.ready_for_query(b"I") * max(owed, 1))
         self.pending = 0
         self.unsynced = False
         self.copy_mode = False

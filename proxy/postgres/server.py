@@ -97,7 +97,7 @@ class ServerConnection(ServerSession):
                 return
             stats.bytes_out += len(data)
             client.replay = None  # the reply has started: no transparent retry any more
-            client.transport.write(data)  # type: ignore[union-attr]
+            self.outbox.write(client.transport, data)
             return
         if self.swallow:
             data, events = self._swallow(data, events)
@@ -113,7 +113,7 @@ class ServerConnection(ServerSession):
                 if start > 0:
                     stats.bytes_out += start
                     client.replay = None
-                    client.transport.write(data[:start])  # type: ignore[union-attr]
+                    self.outbox.write(client.transport, data[:start])
                 log.info("%r: server sent FATAL %s: %s", self, *_fatal_text(body))
                 self.lost_now()
                 return
@@ -138,7 +138,7 @@ class ServerConnection(ServerSession):
                 client.enter_copy_in()
         stats.bytes_out += len(data)
         client.replay = None
-        client.transport.write(data)  # type: ignore[union-attr]
+        self.outbox.write(client.transport, data)
         if release:
             client.maybe_release()
 

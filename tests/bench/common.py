@@ -32,6 +32,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from tests.harness.pgserver import log_tail
+from tests.harness.ports import free_port
 from tests.harness.proxyproc import ProxyProcess, make_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -579,3 +581,93 @@ def metrics_cost_json(runs: Sequence[CostRun], repeat: int, interval: float) -> 
         } for r in runs],
         "summary": metrics_cost_summary(runs),
     }
+
+
+# A bare uvloop byte forwarder (one server connection per client, no parsing, no pooling): the
+# floor for any Python proxy on this machine, as in DESIGN.md section 6.
+FORWARDER_SOURCE = """
+import asyncio, sys, uvloop
+
+class Up(asyncio.Protocol):
+    def __init__(self, down):
+        self.down = down
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.down.transport.write(data)
+    def connection_lost(self, exc):
+        self.down.transport.close()
+
+class Down(asyncio.Protocol):
+    up = None
+    def connection_made(self, transport):
+        self.transport, self.early = transport, []
+        asyncio.get_running_loop().create_task(self.connect())
+    async def connect(self):
+        try:
+            _, up = await asyncio.get_running_loop().create_connection(
+                lambda: Up(self), SERVER_HOST, SERVER_PORT)
+        except OSError:
+            self.transport.close()
+            return
+        self.up = up
+        for data in self.early:
+            up.transport.write(data)
+    def data_received(self, data):
+        if self.up is None:
+            self.early.append(data)
+        else:
+            self.up.transport.write(data)
+    def connection_lost(self, exc):
+        if self.up is not None:
+            self.up.transport.close()
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Down, "127.0.0.1", LISTEN_PORT)
+    await server.serve_forever()
+
+LISTEN_PORT, SERVER_HOST, SERVER_PORT = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+uvloop.run(main())
+"""
+
+
+class Forwarder:
+    """FORWARDER_SOURCE as a child process on 127.0.0.1:<free port> in front of ``host``:``port``."""
+
+    def __init__(self, workdir: Path, host: str, port: int) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.logfile = workdir / "forwarder.log"
+        self.server_host, self.server_port = host, port
+        self.port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        with open(self.logfile, "ab") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", FORWARDER_SOURCE, str(self.port), self.server_host,
+                 str(self.server_port)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_tcp(self.port, self.is_running, timeout, "forwarder")
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}\n{self.log_tail()}") from None
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.logfile, lines)

@@ -47,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script: make `tests.harness
 from common import (  # noqa: E402
     Cleanup,
     CostRun,
+    Forwarder,
     Poolproxy,
     add_metrics_cost_args,
     as_text,
@@ -68,13 +69,10 @@ from common import (  # noqa: E402
     start_cost_pair,
     table_lines,
     tps_ratio,
-    wait_tcp,
     workers_note,
 )
 
 from tests.harness.mariadb import MariaDbServer  # noqa: E402
-from tests.harness.pgserver import log_tail  # noqa: E402
-from tests.harness.ports import free_port  # noqa: E402
 from tests.harness.procs import process_tree  # noqa: E402
 from tests.harness.proxyproc import mysql_listener  # noqa: E402
 
@@ -203,96 +201,6 @@ def mysql_poolproxy(workdir: Path, server: MariaDbServer, pool_size: int,
     listener = mysql_listener(server, name="mysql",
                               users=[{"name": APP_USER, "password": APP_PASSWORD}])
     return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers)
-
-
-# A bare uvloop byte forwarder (one server connection per client, no parsing, no pooling): the
-# floor for any Python proxy on this machine, as in DESIGN.md section 6.
-FORWARDER_SOURCE = """
-import asyncio, sys, uvloop
-
-class Up(asyncio.Protocol):
-    def __init__(self, down):
-        self.down = down
-    def connection_made(self, transport):
-        self.transport = transport
-    def data_received(self, data):
-        self.down.transport.write(data)
-    def connection_lost(self, exc):
-        self.down.transport.close()
-
-class Down(asyncio.Protocol):
-    up = None
-    def connection_made(self, transport):
-        self.transport, self.early = transport, []
-        asyncio.get_running_loop().create_task(self.connect())
-    async def connect(self):
-        try:
-            _, up = await asyncio.get_running_loop().create_connection(
-                lambda: Up(self), SERVER_HOST, SERVER_PORT)
-        except OSError:
-            self.transport.close()
-            return
-        self.up = up
-        for data in self.early:
-            up.transport.write(data)
-    def data_received(self, data):
-        if self.up is None:
-            self.early.append(data)
-        else:
-            self.up.transport.write(data)
-    def connection_lost(self, exc):
-        if self.up is not None:
-            self.up.transport.close()
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Down, "127.0.0.1", LISTEN_PORT)
-    await server.serve_forever()
-
-LISTEN_PORT, SERVER_HOST, SERVER_PORT = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-uvloop.run(main())
-"""
-
-
-class Forwarder:
-    """FORWARDER_SOURCE as a child process on 127.0.0.1:<free port> in front of ``server``."""
-
-    def __init__(self, workdir: Path, server: MariaDbServer) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.logfile = workdir / "forwarder.log"
-        self.server = server
-        self.port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 15.0) -> None:
-        with open(self.logfile, "ab") as out:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", FORWARDER_SOURCE, str(self.port), self.server.host,
-                 str(self.server.port)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_tcp(self.port, self.is_running, timeout, "forwarder")
-        except Exception as exc:
-            self.stop()
-            raise RuntimeError(f"{exc}\n{self.log_tail()}") from None
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return log_tail(self.logfile, lines)
 
 
 Middle = Poolproxy | Forwarder
@@ -518,7 +426,7 @@ def compare(args: argparse.Namespace, sysbench: str, server: MariaDbServer, work
         proxy.start()
         middles["poolproxy"] = proxy
     if "forwarder" in args.targets:
-        forwarder = Forwarder(workdir / "forwarder", server)
+        forwarder = Forwarder(workdir / "forwarder", server.host, server.port)
         cleanup.add("forwarder", forwarder.stop)
         forwarder.start()
         middles["forwarder"] = forwarder

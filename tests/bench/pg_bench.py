@@ -38,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script: make `tests.harness
 from common import (  # noqa: E402
     Cleanup,
     CostRun,
+    Forwarder,
     Poolproxy,
     add_metrics_cost_args,
     as_text,
@@ -89,7 +90,8 @@ MODES: dict[str, list[str]] = {
 }
 DEFAULT_MODES = ("simple", "extended", "connect")
 DEFAULT_COST_MODES = ("simple",)  # --metrics-cost: the busiest mode shows the cost best
-TARGETS = ("direct", "pgbouncer", "poolproxy")
+TARGETS = ("direct", "pgbouncer", "poolproxy", "forwarder")
+MAIN_TARGETS = TARGETS[:3]
 
 
 # --------------------------------------------------------------------------- results
@@ -263,7 +265,7 @@ def pg_poolproxy(workdir: Path, pg: PgServer, pool_size: int, admin: bool = Fals
     return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers)
 
 
-Pooler = PgBouncer | Poolproxy
+Pooler = PgBouncer | Poolproxy | Forwarder
 
 
 # --------------------------------------------------------------------------- pgbench
@@ -374,16 +376,27 @@ def markdown_table(results: list[RunResult], modes: list[str]) -> str:
     ]
     rows = []
     for mode in modes:
-        runs = {t: by_key.get((mode, t)) for t in TARGETS}
+        runs = {t: by_key.get((mode, t)) for t in MAIN_TARGETS}
         clients = next((r.clients for r in runs.values() if r is not None), 0)
         rows.append([
             mode_label(mode), str(clients),
-            *(cell(runs[t], "tps") for t in TARGETS),
+            *(cell(runs[t], "tps") for t in MAIN_TARGETS),
             tps_ratio(runs["poolproxy"], runs["pgbouncer"]),
-            *(cell(runs[t], "latency_ms", 2) for t in TARGETS),
+            *(cell(runs[t], "latency_ms", 2) for t in MAIN_TARGETS),
             *(cell(runs[t], "cpu_ms_per_1000", 1) for t in ("pgbouncer", "poolproxy")),
         ])
-    return "\n".join(table_lines(header, rows))
+    lines = table_lines(header, rows)
+    if any(r.target == "forwarder" for r in results):
+        lines += ["", *table_lines(
+            ["mode", "forwarder tps", "forwarder/pgbouncer", "poolproxy/forwarder",
+             "latency ms forwarder", "CPU ms/1000 txn forwarder"],
+            [[mode_label(mode), cell(by_key.get((mode, "forwarder")), "tps"),
+              tps_ratio(by_key.get((mode, "forwarder")), by_key.get((mode, "pgbouncer"))),
+              tps_ratio(by_key.get((mode, "poolproxy")), by_key.get((mode, "forwarder"))),
+              cell(by_key.get((mode, "forwarder")), "latency_ms", 2),
+              cell(by_key.get((mode, "forwarder")), "cpu_ms_per_1000", 1)]
+             for mode in modes])]
+    return "\n".join(lines)
 
 
 def mode_label(mode: str) -> str:
@@ -414,6 +427,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3,
                         help="seconds of unrecorded direct -S first (default 3; 0: none)")
     parser.add_argument("--skip-pgbouncer", action="store_true", help="do not run PgBouncer")
+    parser.add_argument("--forwarder", action="store_true",
+                        help="also run a bare uvloop byte forwarder (one server connection per "
+                             "client, no parsing, no pooling): the floor for a Python proxy")
     parser.add_argument("--pgbouncer-secret", choices=("plain", "scram"), default="plain",
                         help="what PgBouncer's userlist.txt holds for app: the plain password "
                              "(default) or the server's SCRAM verifier")
@@ -448,6 +464,11 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
     cleanup.add("poolproxy", proxy.stop)
     proxy.start()
     poolers["poolproxy"] = proxy
+    if args.forwarder:
+        forwarder = Forwarder(workdir / "forwarder", pg.host, pg.port)
+        cleanup.add("forwarder", forwarder.stop)
+        forwarder.start()
+        poolers["forwarder"] = forwarder
     ports = {"direct": pg.port, **{name: p.port for name, p in poolers.items()}}
 
     warm_up(args, pgbench, pg)

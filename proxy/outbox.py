@@ -1,0 +1,75 @@
+"""Deferred socket writes: everything the sessions send goes out once per event-loop batch.
+
+The event loop hands us a batch of readable sockets per poll. Writing each forwarded message at
+once (what a naive proxy does) wakes its peer in the middle of that batch: on a busy machine the
+woken database backend or client preempts poolproxy, whose remaining sockets then wait, and the
+switches cost CPU on both sides. Queueing the writes and sending them all after the batch
+(`loop.call_soon`, which runs once the batch's callbacks are done) keeps poolproxy on the CPU
+while it reads, then wakes the peers together. Measured with pgbench -S (README "Benchmarks"):
+~13% more transactions per second and ~15% less pooler CPU per transaction.
+
+Rules that keep this invisible to the protocols:
+- Every write to a session's transport goes through its loop's `Outbox`, so the bytes for one
+  socket leave in the order they were queued.
+- `close()` sends what is queued first, so an error written just before closing still goes out.
+- A transport closed after its bytes were queued drops them (as a closed socket would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any
+
+log = logging.getLogger("poolproxy.outbox")
+
+_OUTBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox] = (
+    weakref.WeakKeyDictionary())
+
+
+class Outbox:
+    """The write queue of one event loop."""
+
+    __slots__ = ("_loop", "_items", "_scheduled", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: list[tuple[Any, bytes]] = []
+        self._scheduled = False
+
+    def write(self, transport: Any, data: bytes) -> None:
+        """Queue `data` for `transport`; it is written when the current batch is done."""
+        self._items.append((transport, data))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write everything queued, in order."""
+        self._scheduled = False
+        items = self._items
+        if not items:
+            return
+        self._items = []
+        for transport, data in items:
+            try:
+                transport.write(data)
+            except RuntimeError:
+                pass  # closed since (uvloop refuses writes to a closed transport)
+            except Exception:  # never lose the rest of the batch
+                log.exception("write to %r failed", transport)
+
+    def close(self, transport: Any) -> None:
+        """Close `transport` after what is queued for it (and for every other) is written."""
+        if self._items:
+            self.flush()
+        transport.close()
+
+
+def outbox_for(loop: asyncio.AbstractEventLoop) -> Outbox:
+    """The loop's outbox (one per event loop, created on first use)."""
+    outbox = _OUTBOXES.get(loop)
+    if outbox is None:
+        outbox = _OUTBOXES[loop] = Outbox(loop)
+    return outbox
