@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -58,7 +59,6 @@ from common import (  # noqa: E402
     split_choices,
     start_cost_pair,
     table_lines,
-    tps_ratio,
     wait_tcp,
     workers_note,
 )
@@ -107,6 +107,7 @@ class RunResult:
     threads: int
     duration: int
     command: list[str]
+    round: int = 1  # with --rounds: which round (targets run interleaved, round by round)
     returncode: int | None = None  # None: pgbench did not finish (timed out)
     tps: float | None = None
     tps_kind: str = ""  # pgbench's own words: "without initial connection time", ...
@@ -367,8 +368,35 @@ def run_pgbench(
 # --------------------------------------------------------------------------- report
 
 
+def median_runs(results: list[RunResult]) -> dict[tuple[str, str], RunResult]:
+    """Per (mode, target), the run with the median tps (with --rounds; else the only run).
+    A whole run is picked, not per-column medians, so its latency and CPU belong to it."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.mode, r.target), []).append(r)
+    picked = {}
+    for key, runs in groups.items():
+        good = sorted((r for r in runs if r.tps is not None), key=lambda r: r.tps or 0.0)
+        picked[key] = good[(len(good) - 1) // 2] if good else runs[-1]
+    return picked
+
+
+def paired_ratio(results: list[RunResult], mode: str, a: str, b: str) -> str:
+    """Median over rounds of a's tps / b's tps within the same round (the two ran minutes
+    apart at most, so a drift of the machine's speed cancels out), with the range."""
+    tps = {(r.target, r.round): r.tps for r in results if r.mode == mode and r.ok}
+    ratios = sorted(ta / tb for (t, n), ta in tps.items()
+                    if t == a and ta and (tb := tps.get((b, n))))
+    if not ratios:
+        return "—"
+    median = statistics.median(ratios)
+    if len(ratios) == 1:
+        return f"{median:.2f}"
+    return f"{median:.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+
+
 def markdown_table(results: list[RunResult], modes: list[str]) -> str:
-    by_key = {(r.mode, r.target): r for r in results}
+    by_key = median_runs(results)
     header = [
         "mode", "clients", "direct tps", "pgbouncer tps", "poolproxy tps",
         "poolproxy/pgbouncer", "latency ms direct", "latency ms pgbouncer",
@@ -381,7 +409,7 @@ def markdown_table(results: list[RunResult], modes: list[str]) -> str:
         rows.append([
             mode_label(mode), str(clients),
             *(cell(runs[t], "tps") for t in MAIN_TARGETS),
-            tps_ratio(runs["poolproxy"], runs["pgbouncer"]),
+            paired_ratio(results, mode, "poolproxy", "pgbouncer"),
             *(cell(runs[t], "latency_ms", 2) for t in MAIN_TARGETS),
             *(cell(runs[t], "cpu_ms_per_1000", 1) for t in ("pgbouncer", "poolproxy")),
         ])
@@ -391,8 +419,8 @@ def markdown_table(results: list[RunResult], modes: list[str]) -> str:
             ["mode", "forwarder tps", "forwarder/pgbouncer", "poolproxy/forwarder",
              "latency ms forwarder", "CPU ms/1000 txn forwarder"],
             [[mode_label(mode), cell(by_key.get((mode, "forwarder")), "tps"),
-              tps_ratio(by_key.get((mode, "forwarder")), by_key.get((mode, "pgbouncer"))),
-              tps_ratio(by_key.get((mode, "poolproxy")), by_key.get((mode, "forwarder"))),
+              paired_ratio(results, mode, "forwarder", "pgbouncer"),
+              paired_ratio(results, mode, "poolproxy", "forwarder"),
               cell(by_key.get((mode, "forwarder")), "latency_ms", 2),
               cell(by_key.get((mode, "forwarder")), "cpu_ms_per_1000", 1)]
              for mode in modes])]
@@ -427,6 +455,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3,
                         help="seconds of unrecorded direct -S first (default 3; 0: none)")
     parser.add_argument("--skip-pgbouncer", action="store_true", help="do not run PgBouncer")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every target this many times, interleaved, and report the run "
+                             "with the median tps (default 1; -C runs once)")
     parser.add_argument("--forwarder", action="store_true",
                         help="also run a bare uvloop byte forwarder (one server connection per "
                              "client, no parsing, no pooling): the floor for a Python proxy")
@@ -476,24 +507,28 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
     targets = [t for t in TARGETS if t in ports]
     print(f"running {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
           flush=True)
-    for mode in args.modes:
+    # Rounds interleave the targets (direct, PgBouncer, poolproxy, ... then again), so a drift
+    # in the machine's speed during the run hits every target alike; the table takes medians.
+    rounds = {m: args.rounds if "-C" not in MODES[m] else 1 for m in args.modes}
+    for mode, round_no, target in [(m, i, t) for m in args.modes for i in range(rounds[m])
+                                   for t in targets]:
         clients = args.connect_clients if "-C" in MODES[mode] else args.clients
-        for target in targets:
-            pooler = poolers.get(target)
-            if pooler is not None and not pooler.is_running():
-                print(f"  {target} is not running; restarting it", flush=True)
-                pooler.stop()
-                pooler.start()
-            result = run_pgbench(pgbench, mode, target, ports[target], clients,
-                                 args.threads, args.duration, pooler)
-            results.append(result)
-            cpu = result.cpu_ms_per_1000
-            print(f"  {mode:<9} {target:<10} tps {fmt(result.tps):>8}  latency "
-                  f"{fmt(result.latency_ms, 2):>6} ms"
-                  + (f"  CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
-                  + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
-                  flush=True)
-            time.sleep(1.0)  # let closed connections' backends exit before the next run
+        pooler = poolers.get(target)
+        if pooler is not None and not pooler.is_running():
+            print(f"  {target} is not running; restarting it", flush=True)
+            pooler.stop()
+            pooler.start()
+        result = run_pgbench(pgbench, mode, target, ports[target], clients,
+                             args.threads, args.duration, pooler)
+        result.round = round_no + 1
+        results.append(result)
+        cpu = result.cpu_ms_per_1000
+        print(f"  {mode:<9} {target:<10} {round_no + 1}/{rounds[mode]} tps {fmt(result.tps):>8}  latency "
+              f"{fmt(result.latency_ms, 2):>6} ms"
+              + (f"  CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
+              + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
+              flush=True)
+        time.sleep(1.0)  # let closed connections' backends exit before the next run
     return results
 
 
@@ -591,8 +626,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{meta['cpus']} CPUs, PostgreSQL {pg_version},"
                 f" {meta['pgbouncer'] or 'no PgBouncer'}, poolproxy {meta['poolproxy_commit']};"
                 f" pgbench -j {args.threads} -T {args.duration} -n, scale {args.scale}, pool"
-                f" size {args.pool_size}{workers_note(args.workers)}. tps excludes connection"
-                " time except for -C. CPU = the"
+                f" size {args.pool_size}{workers_note(args.workers)}."
+                + (f" Each figure: the median-tps run of {args.rounds} interleaved rounds"
+                   " (-C: one); ratios: median (range) of the ratios within a round."
+                   if args.rounds > 1 else "")
+                + " tps excludes connection time except for -C. CPU = the"
                 " pooler's utime+stime during the run per 1000 transactions (= µs per"
                 " transaction). (!) = the run had problems, see below."
             )
