@@ -631,7 +631,20 @@ uvloop.run(main())
 """
 
 
-class Forwarder:
+class ChildProcess:
+    """A process the benchmark starts itself (PgBouncer, the forwarder) in ``_proc``."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+
+class Forwarder(ChildProcess):
     """FORWARDER_SOURCE as a child process on 127.0.0.1:<free port> in front of ``host``:``port``."""
 
     def __init__(self, workdir: Path, host: str, port: int) -> None:
@@ -640,7 +653,6 @@ class Forwarder:
         self.logfile = workdir / "forwarder.log"
         self.server_host, self.server_port = host, port
         self.port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> None:
         with open(self.logfile, "ab") as out:
@@ -661,13 +673,6 @@ class Forwarder:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(10)
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.logfile, lines)

@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script: make `tests.harness
 # as `tests.bench.common`: tests/ is no package, and `mypy tests/bench` would then see the file
 # under two module names.
 from common import (  # noqa: E402
+    ChildProcess,
     Cleanup,
     CostRun,
     Forwarder,
@@ -167,7 +168,7 @@ def parse_pgbench(output: str, reconnecting: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- processes
 
 
-class PgBouncer:
+class PgBouncer(ChildProcess):
     """PgBouncer in transaction mode in front of ``pg``, configured from a generated ini file."""
 
     def __init__(self, workdir: Path, pg: PgServer, pool_size: int, secret: str) -> None:
@@ -203,7 +204,6 @@ class PgBouncer:
             "log_disconnections = 0",
             "",
         ]), 0o644)
-        self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
 
     def _write(self, path: Path, text: str, mode: int) -> None:
@@ -244,13 +244,6 @@ class PgBouncer:
         if self._out is not None:
             self._out.close()
             self._out = None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(

@@ -3,8 +3,9 @@ messages itself (not with the codec under test), for byte-level fault tests thro
 
 from __future__ import annotations
 
-import socket
 import struct
+
+from .rawsock import RawSocket
 
 PROTOCOL_V3 = 196608
 
@@ -21,32 +22,12 @@ def message(t: bytes, body: bytes = b"") -> bytes:
     return t + struct.pack("!I", len(body) + 4) + body
 
 
-class Raw:
+class Raw(RawSocket):
     """A raw client socket that reads whole backend messages (parsed here, not by the codec
     under test)."""
 
     def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.settimeout(timeout)
-        self.buf = b""
-        self.eof = False
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            self.eof = True
-            return False
-        self.buf += chunk
-        return True
+        super().__init__(port, timeout)
 
     def recv_exact(self, n: int) -> bytes:
         while len(self.buf) < n:

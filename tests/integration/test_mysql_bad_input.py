@@ -22,6 +22,7 @@ import pymysql
 import pytest
 
 from tests.harness import MariaDbServer, ProxyProcess, make_config, mysql_listener
+from tests.harness.rawsock import RawSocket
 from tests.harness.util import BackgroundLoop
 
 # Capability flags (spelled out here rather than imported from the codec under test).
@@ -90,31 +91,13 @@ def lenenc(buf: bytes, pos: int) -> tuple[int | None, int]:
     return int.from_bytes(buf[pos + 1:pos + 1 + size], "little"), pos + 1 + size
 
 
-class RawClient:
+class RawClient(RawSocket):
     """A MySQL client socket speaking just enough protocol 4.1 to log in and run queries."""
 
     def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
+        super().__init__(port, timeout)
         self.nonce = b""
         self.server_caps = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        try:
-            chunk = self.sock.recv(1 << 20)
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            return False
-        self.buf += chunk
-        return True
 
     def read_packet(self) -> tuple[int, bytes] | None:
         """The next logical packet (continuations joined) as (seq, payload); None at EOF."""
