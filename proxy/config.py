@@ -139,8 +139,19 @@ class UserConfig:
 class ServerAddress:
     host: str
     port: int
+    #: A host that starts with "/" names a Unix-domain socket on this machine: for PostgreSQL
+    #: the directory holding `.s.PGSQL.<port>` (libpq's and PgBouncer's rule), for MySQL the
+    #: socket file itself (MySQL's). None: TCP.
+    socket_path: str | None = None
+
+    @property
+    def target(self) -> str:
+        """What to connect to: the socket path, or the TCP host (with `port`)."""
+        return self.socket_path or self.host
 
     def __str__(self) -> str:
+        if self.socket_path:
+            return f"unix:{self.socket_path}"
         return format_address(self.host, self.port)
 
 
@@ -694,7 +705,10 @@ def _parse_server(raw: object, protocol: str, path: str) -> ServerAddress:
     _check_keys(section, _SERVER_KEYS, path)
     host = _parse_str(_require(section, "host", path), f"{path}.host").strip()
     port = _parse_port(section.get("port", DEFAULT_SERVER_PORTS[protocol]), f"{path}.port")
-    return ServerAddress(host=host, port=port)
+    socket_path = None
+    if host.startswith("/"):
+        socket_path = f"{host.rstrip('/')}/.s.PGSQL.{port}" if protocol == "postgres" else host
+    return ServerAddress(host=host, port=port, socket_path=socket_path)
 
 
 def _parse_auth(raw: object, protocol: str, path: str) -> str:

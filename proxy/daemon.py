@@ -43,7 +43,7 @@ async def _pg_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
                      password: str | None) -> Any:
     from .postgres.server import open_server
     srv = rt.config.server
-    server = await open_server(pool, srv.host, srv.port, user, password, dbname,
+    server = await open_server(pool, srv.target, srv.port, user, password, dbname,
                                pool.settings.server_connect_timeout)
     await _align(pool, server, "idle_session_timeout")
     return server
@@ -54,7 +54,7 @@ async def _mysql_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
     from .mysql.server import open_server
     srv = rt.config.server
     caps, charset = pool.variant
-    server = await open_server(pool, srv.host, srv.port, user, password, dbname or None, caps,
+    server = await open_server(pool, srv.target, srv.port, user, password, dbname or None, caps,
                                charset, pool.settings.server_connect_timeout)
     if rt.greeting is None:
         rt.greeting = server.handshake
@@ -115,7 +115,7 @@ class Daemon:
         for rt in self.listeners:
             if rt.config.protocol == "mysql":
                 # Show clients the real server version and capabilities from the start.
-                rt.greeting = await fetch_greeting(rt.config.server.host, rt.config.server.port)
+                rt.greeting = await fetch_greeting(rt.config.server.target, rt.config.server.port)
         for rt in self.listeners:
             lcfg = rt.config
             host = lcfg.listen_host or None

@@ -149,7 +149,7 @@ class ListenerRuntime:
         """Send a CancelRequest for whatever `server` is running (PostgreSQL)."""
         from .postgres.server import send_cancel
         try:
-            await send_cancel(self.config.server.host, self.config.server.port, server.key)
+            await send_cancel(self.config.server.target, self.config.server.port, server.key)
         except (TimeoutError, OSError) as exc:
             log.warning("cancel request to server failed: %s", exc)
 

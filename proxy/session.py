@@ -14,9 +14,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import ProxyError, ServerConnectionLost, ServerUnavailable
+from .errors import ProtocolViolation, ProxyError, ServerConnectionLost, ServerUnavailable
 from .outbox import outbox_for
-from .pool import ClientState, CloseReason, Pool, ServerState
+from .pool import (
+    C_CLOSED,
+    C_LOGIN,
+    C_WAITING,
+    S_CLOSED,
+    S_IDLE,
+    S_LOGIN,
+    CloseReason,
+    Pool,
+    ServerState,
+)
 
 log = logging.getLogger("poolproxy.session")
 
@@ -51,7 +61,7 @@ class ServerSession(asyncio.Protocol):
         self.loop = loop
         self.outbox = outbox_for(loop)
         self.transport: asyncio.Transport | None = None
-        self.state = ServerState.LOGIN
+        self.state = S_LOGIN
         self.client: Any = None
         now = pool.clock()
         self.created_at = now
@@ -109,14 +119,14 @@ class ServerSession(asyncio.Protocol):
         if self._lost is not None:
             return  # handled already (lost_now, then the transport's own callback)
         self._lost = exc
-        self.state = ServerState.CLOSED
+        self.state = S_CLOSED
         self._wake()
         client = self.client
         if client is not None:
             self.client = None
             self.pool.discard(self, CloseReason.SERVER_ERROR)  # first: frees the pool slot
             client.server_lost(self)
-        elif was is ServerState.IDLE:
+        elif was is S_IDLE:
             self.pool.remove_idle(self, CloseReason.SERVER_ERROR)
 
     # Backpressure: while this server's socket is full, stop reading from its client.
@@ -144,11 +154,11 @@ class ServerSession(asyncio.Protocol):
         self.outbox.write(transport, data)
 
     def close(self, reason: CloseReason) -> None:
-        if self.state is ServerState.CLOSED:
+        if self.state is S_CLOSED:
             return
         log.debug("%r: closing (%s)", self, reason.value)
         self.close_reason = reason
-        self.state = ServerState.CLOSED
+        self.state = S_CLOSED
         if self.transport is not None:
             if self.GOODBYE and not self.transport.is_closing():
                 self.outbox.write(self.transport, self.GOODBYE)
@@ -157,7 +167,7 @@ class ServerSession(asyncio.Protocol):
     async def _next(self, timeout: float | None = None) -> tuple[int, bytes]:
         """The next whole message of a login or internal exchange."""
         while not self._inbox:
-            if self._lost is not None or self.state is ServerState.CLOSED:
+            if self._lost is not None or self.state is S_CLOSED:
                 raise ServerConnectionLost(f"server connection lost: {self._lost}")
             self._inbox_waiter = self.loop.create_future()
             try:
@@ -181,17 +191,30 @@ class ServerSession(asyncio.Protocol):
             raise
 
 
+async def open_transport(factory: Callable[[], asyncio.BaseProtocol], host: str,
+                         port: int) -> asyncio.BaseTransport:
+    """Connect to `host`:`port` over TCP, or to the Unix-domain socket `host` if it is a path
+    (config.ServerAddress.target)."""
+    loop = asyncio.get_running_loop()
+    if host.startswith("/"):
+        transport, _ = await loop.create_unix_connection(factory, host)
+    else:
+        transport, _ = await loop.create_connection(factory, host, port)
+    return transport
+
+
 async def connect_and_login(factory: Callable[[], S], host: str, port: int,
                             timeout: float) -> S:
-    """Open a TCP connection with `factory`'s protocol and log in; raise ServerUnavailable /
-    ServerLoginError with a message that says what to check."""
-    loop = asyncio.get_running_loop()
+    """Open a connection (TCP, or a Unix socket if `host` is a path) with `factory`'s protocol
+    and log in; raise ServerUnavailable / ServerLoginError with a message that says what to
+    check."""
     server = factory()
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: server, host, port), timeout)
+        await asyncio.wait_for(open_transport(lambda: server, host, port), timeout)
     except (OSError, TimeoutError) as exc:
+        where = host if host.startswith("/") else f"{host}:{port}"
         raise ServerUnavailable(
-            f"cannot connect to server {host}:{port}: {exc or 'timeout'}",
+            f"cannot connect to server {where}: {exc or 'timeout'}",
             hint="is the database running and reachable from poolproxy?") from None
     await server.login(timeout)
     log.debug("%r: opened", server)
@@ -214,7 +237,7 @@ class ClientSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._throttled = None  # server whose reading we paused
         self._backpressured = False  # our reading paused because the server can't keep up
-        self.state = ClientState.LOGIN
+        self.state = C_LOGIN
         self.peer = "?"
         self.user = ""
         self.pool: Pool | None = None
@@ -240,19 +263,19 @@ class ClientSession(asyncio.Protocol):
         self.outbox.write(self.transport, data)
 
     def _disconnect(self) -> None:
-        if self.state is ClientState.CLOSED:
+        if self.state is C_CLOSED:
             return
         was = self.state
-        self.state = ClientState.CLOSED
+        self.state = C_CLOSED
         if self._login_timer is not None:
             self._login_timer.cancel()
         self.listener.client_disconnected(self)
         pool = self.pool
         if pool is None:
             return
-        if was is ClientState.WAITING:
+        if was is C_WAITING:
             pool.cancel_wait(self)  # type: ignore[arg-type]  # subclasses are waiters
-        if was is not ClientState.LOGIN:
+        if was is not C_LOGIN:
             pool.clients -= 1
             if not pool.clients:
                 pool.clients_gone_at = pool.clock()
@@ -261,10 +284,19 @@ class ClientSession(asyncio.Protocol):
             return
         self.server = None
         server.client = None
-        if server.state is ServerState.CLOSED:
+        if server.state is S_CLOSED:
             pool.discard(server, CloseReason.SERVER_ERROR)
         else:
             self._leave_server(pool, server)
+
+    def _login_timeout_error(self, mysql_errno: int | None = None) -> ProxyError:
+        """client_login_timeout, with the reason when the wait was for a server that could not
+        be opened (a database that is down says so, not just "timed out")."""
+        message = "client_login_timeout: login not completed in time"
+        error = self.pool.last_login_error if self.pool is not None else None
+        if error is not None:
+            message += f"; opening a server connection failed: {error.message}"
+        return ProtocolViolation(message, mysql_errno=mysql_errno)
 
     def _may_retry(self) -> bool:
         """A request no reply byte of which reached the client may go to another server. When

@@ -23,11 +23,11 @@ from ..errors import (
     TooManyConnections,
     UnknownDatabase,
 )
-from ..pool import ClientState, CloseReason, Pool
+from ..pool import C_ACTIVE, C_IDLE, C_LOGIN, C_WAITING, CloseReason, Pool
 from ..session import ClientSession, borrow
 from . import codec
 from .server import BASE_CAPS
-from .session import Analysis, PinReason, analyse, replay_sql
+from .session import Analysis, PinReason, replay_sql, session_effects
 
 if TYPE_CHECKING:
     from ..listener import ListenerRuntime
@@ -46,11 +46,14 @@ MAX_CLIENT_PACKET = 64 << 20
 MAX_LOGIN_PACKET = 64 << 10
 DEFAULT_VERSION = "5.5.5-10.11.0-MariaDB-poolproxy"
 
+_COM_QUERY = codec.COM_QUERY
 _IN_TRANS = codec.SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = codec.SERVER_STATUS_AUTOCOMMIT
 _UNSUPPORTED = frozenset((codec.COM_CHANGE_USER, codec.COM_BINLOG_DUMP, codec.COM_BINLOG_DUMP_GTID,
                           codec.COM_REGISTER_SLAVE, codec.COM_TABLE_DUMP, codec.COM_SHUTDOWN,
                           codec.COM_MULTI, codec.COM_CONNECT_OUT, codec.COM_DAEMON))
+_NO_RESPONSE = frozenset(cmd for cmd in range(256)
+                         if codec.response_mode_for_command(cmd) is codec.ResponseMode.NO_RESPONSE)
 
 
 def _nonce() -> bytes:
@@ -78,6 +81,7 @@ class ClientConnection(ClientSession):
         self._analysis: Analysis | None = None
         self._init_db: str | None = None
         self._resetting = False
+        self._effects = False  # one of the three above is set: see _apply_effects
         # Until the client is authenticated, a login packet is all it may send: keep it small.
         self._reader = codec.PacketReader(max_packet=MAX_LOGIN_PACKET)
         self._nonce = _nonce()
@@ -114,7 +118,7 @@ class ClientConnection(ClientSession):
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
-        if self.state is not ClientState.LOGIN and not self.infile and not reader._buf:
+        if self.state is not C_LOGIN and not self.infile and not reader._buf:
             # Fast path: a command is normally exactly one packet in one chunk.
             n = len(data)
             if n >= 5:
@@ -134,9 +138,9 @@ class ClientConnection(ClientSession):
             reader.clear()
         if not packets:
             return
-        if self.state is ClientState.LOGIN:
+        if self.state is C_LOGIN:
             for seq, payload in packets:
-                if self.state is not ClientState.LOGIN:
+                if self.state is not C_LOGIN:
                     break
                 self._login_packet(seq, payload)
             return
@@ -157,10 +161,9 @@ class ClientConnection(ClientSession):
             self.outbox.close(self.transport)
 
     def _login_timed_out(self) -> None:
-        if self.state is ClientState.LOGIN:
+        if self.state is C_LOGIN:
             self.listener.count_result("protocol_error")
-            self.fail(ProtocolViolation("client_login_timeout: login not completed in time",
-                                        mysql_errno=1043), self._auth_seq + 1)
+            self.fail(self._login_timeout_error(mysql_errno=1043), self._auth_seq + 1)
 
     # ------------------------------------------------------------------ login
     def _login_packet(self, seq: int, payload: bytes) -> None:
@@ -260,7 +263,7 @@ class ClientConnection(ClientSession):
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
-        self.state = ClientState.IDLE
+        self.state = C_IDLE
         self.idle_since = self.listener.clock()
         self._reader.max_packet = MAX_CLIENT_PACKET
         assert self.pool is not None
@@ -276,60 +279,74 @@ class ClientConnection(ClientSession):
             self.fail(ProtocolViolation("empty command packet"), seq + 1)
             return
         cmd = payload[0]
+        server = self.server
+        if (cmd != _COM_QUERY or self._broken) and self._special(seq, cmd, payload, server):
+            return  # answered here
+        if cmd == _COM_QUERY:
+            effects = session_effects(payload[1:])
+            if effects is None:
+                self._analysis = None
+            else:
+                if effects.pin:
+                    self._pin(effects.pin)
+                if effects.sets or effects.use:
+                    self._analysis = effects
+                    self._effects = True
+                else:
+                    self._analysis = None
+        data = raw if raw is not None else codec.encode_packet(seq, payload)
+        if server is not None:
+            self._send(server, cmd, data)
+            return
+        self._buffer.append((cmd, data))
+        if self.state is C_WAITING:
+            # MySQL clients wait for each answer; one that keeps sending while it waits
+            # is throttled rather than buffered without bound.
+            if len(self._buffer) > 16 and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        self.state = C_WAITING
+        server = self.pool.checkout(self)  # type: ignore[union-attr]
+        if server is not None:
+            self.on_server(server)
+        # else on_server() follows when a server is free
+
+    def _special(self, seq: int, cmd: int, payload: bytes, server: ServerConnection | None) -> bool:
+        """What a command other than COM_QUERY (or any, after our server died) needs before it
+        is forwarded; True if it was answered here instead."""
         if cmd == codec.COM_QUIT:
             self.outbox.close(self.transport)
-            return
-        if cmd == codec.COM_PING and self.server is None:
+            return True
+        if cmd == codec.COM_PING and server is None:
             self.send(codec.encode_packet(
                 seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
-            return
-        if self._broken and self.server is None:
+            return True
+        if self._broken and server is None:
             self._broken = False
             self._answer_lost()
-            return
+            return True
         if cmd in _UNSUPPORTED:
             self.fail(FeatureNotSupported(f"command 0x{cmd:02x} is not supported through poolproxy"),
                       seq + 1, fatal=False)
-            return
-        if cmd == codec.COM_RESET_CONNECTION and self.server is None and self.pinned is None:
+            return True
+        if cmd == codec.COM_RESET_CONNECTION and server is None and self.pinned is None:
             self.vars = {}
             self.schema = self.database
             self.send(codec.encode_packet(
                 seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
-            return
-        if cmd == codec.COM_QUERY:
-            analysis = analyse(payload[1:])
-            if analysis.pin:
-                self._pin(analysis.pin)
-            self._analysis = analysis if (analysis.sets or analysis.use) else None
-        elif cmd == codec.COM_INIT_DB:
+            return True
+        if cmd == codec.COM_INIT_DB:
             self._init_db = payload[1:].decode("utf-8", "replace")
+            self._effects = True
         elif cmd == codec.COM_STMT_PREPARE:
             self._pin(PinReason.STMT_PREPARE)
         elif cmd == codec.COM_SET_OPTION:
             self._pin(PinReason.SET_OPTION)
         elif cmd == codec.COM_RESET_CONNECTION:
             self._resetting = True
-        data = raw if raw is not None else codec.encode_packet(seq, payload)
-        server = self.server
-        if server is None:
-            self._buffer.append((cmd, data))
-            if self.state is ClientState.WAITING:
-                # MySQL clients wait for each answer; one that keeps sending while it waits
-                # is throttled rather than buffered without bound.
-                if len(self._buffer) > 16 and not self._paused:
-                    self._paused = True
-                    self.transport.pause_reading()  # type: ignore[union-attr]
-                return
-            pool = self.pool
-            assert pool is not None
-            self.state = ClientState.WAITING
-            server = pool.checkout(self)
-            if server is None:
-                return  # on_server() follows when a server is free
-            self.on_server(server)
-            return
-        self._send(server, cmd, data)
+            self._effects = True
+        return False
 
     def _send(self, server: ServerConnection, cmd: int, data: bytes) -> None:
         replay = self.replay
@@ -337,13 +354,8 @@ class ClientConnection(ClientSession):
             replay.append((cmd, data))
         server.start_command(cmd)
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
-        if codec.response_mode_for_command(cmd) is codec.ResponseMode.NO_RESPONSE:
-            try:
-                server.write(data)
-            except ServerConnectionLost:
-                server.lost_now()
-            return
-        self.pending = 1
+        if cmd not in _NO_RESPONSE:
+            self.pending = 1
         try:
             server.write(data)
         except ServerConnectionLost:
@@ -369,7 +381,7 @@ class ClientConnection(ClientSession):
 
     # Waiter protocol (called by the pool)
     def on_server(self, server: ServerConnection) -> None:
-        if self.state is not ClientState.WAITING:
+        if self.state is not C_WAITING:
             raise RuntimeError("client is no longer waiting")
         self.xact_started = self.pool.clock()  # type: ignore[union-attr]
         sql = replay_sql(self.vars, server.vars, server.names_default) \
@@ -387,7 +399,7 @@ class ClientConnection(ClientSession):
     def _link_and_send(self, server: ServerConnection) -> None:
         self.server = server
         server.client = self
-        self.state = ClientState.ACTIVE
+        self.state = C_ACTIVE
         self.replay = []
         buffered, self._buffer = self._buffer, []
         for cmd, data in buffered:
@@ -415,17 +427,17 @@ class ClientConnection(ClientSession):
             pool = self.pool
             assert pool is not None
             pool.discard(server, CloseReason.SERVER_ERROR)
-            if self.state is ClientState.WAITING:
+            if self.state is C_WAITING:
                 if self._may_retry():
                     new = pool.checkout(self)
                     if new is not None:
                         self.on_server(new)
                     return
                 self._buffer.clear()
-                self.state = ClientState.IDLE
+                self.state = C_IDLE
                 self.fail(exc, 1, fatal=False)
             return
-        if self.state is not ClientState.WAITING:  # client left meanwhile
+        if self.state is not C_WAITING:  # client left meanwhile
             assert self.pool is not None
             self.pool.checkin(server)
             return
@@ -433,18 +445,41 @@ class ClientConnection(ClientSession):
 
     def on_pool_error(self, exc: ProxyError) -> None:
         self._buffer.clear()
-        self.state = ClientState.IDLE
+        self.state = C_IDLE
         log.info("%r: no server connection: %s", self, exc.message)
         self.fail(exc, 1)
 
-    def response_done(self, server: ServerConnection, tracker: codec.ResponseTracker) -> None:
-        """The end of a response: apply tracked state, then release if nothing holds the server."""
+    def response_done(self, server: ServerConnection, status: int | None, ok: bool) -> None:
+        """The end of a response (`status`: its final status flags, None if it had none; `ok`:
+        no ERR): apply tracked state, then release the server if nothing holds it."""
         self.pending = 0
-        stats = self.pool.stats  # type: ignore[union-attr]
-        stats.queries += 1
-        if tracker.status_flags is not None:
-            server.status = tracker.status_flags
-        ok = not tracker.failed
+        pool = self.pool
+        assert pool is not None
+        pool.stats.queries += 1
+        if status is not None:
+            server.status = status
+        if self._effects:
+            self._apply_effects(server, ok)
+        now = pool.clock()
+        self.idle_since = now
+        status = server.status
+        if status & _IN_TRANS or not status & _AUTOCOMMIT or self.infile:
+            return
+        self._retries = 0
+        pool.transaction_done(now - self.xact_started)
+        if self.pinned is not None or self.session_mode:
+            self.xact_started = now
+            return
+        if self._throttled is not None:
+            self._resume_server()
+        self.server = None
+        server.client = None
+        self.state = C_IDLE
+        pool.checkin(server, now)
+
+    def _apply_effects(self, server: ServerConnection, ok: bool) -> None:
+        """What the finished command changed in the session, if it succeeded."""
+        self._effects = False
         analysis = self._analysis
         if analysis is not None:
             self._analysis = None
@@ -467,22 +502,6 @@ class ClientConnection(ClientSession):
                 self.vars = {}
                 self.pinned = None
                 server.vars = {"names": "NAMES DEFAULT"}
-        pool = self.pool
-        assert pool is not None
-        now = pool.clock()
-        self.idle_since = now
-        if self.infile or server.in_transaction():
-            return
-        self._retries = 0
-        pool.transaction_done(now - self.xact_started)
-        if self.pinned is not None or self.session_mode:
-            self.xact_started = now
-            return
-        self._resume_server()
-        self.server = None
-        server.client = None
-        self.state = ClientState.IDLE
-        pool.checkin(server)
 
     def server_lost(self, server: ServerConnection) -> None:
         """Our server died while linked (see the PostgreSQL twin): replay once if no reply
@@ -493,9 +512,9 @@ class ClientConnection(ClientSession):
         replay = self.replay
         self.replay = None
         self.infile = False
-        if replay and self._may_retry() and self.state is ClientState.ACTIVE:
+        if replay and self._may_retry() and self.state is C_ACTIVE:
             log.info("%r: server connection was dead; retrying on a new one", self)
-            self.state = ClientState.WAITING
+            self.state = C_WAITING
             self._buffer = list(replay)
             pool = self.pool
             assert pool is not None
@@ -503,7 +522,7 @@ class ClientConnection(ClientSession):
             if new is not None:
                 self.on_server(new)
             return
-        self.state = ClientState.IDLE
+        self.state = C_IDLE
         self.idle_since = self.listener.clock()
         if self.pending:
             self.pending = 0

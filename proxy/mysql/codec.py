@@ -1295,6 +1295,65 @@ def response_mode_for_command(command: int) -> ResponseMode | None:
     return _COMMAND_MODES.get(command)
 
 
+#: Responses larger than this are left to the ResponseTracker: a big result rarely arrives in
+#: one chunk, and scanning a chunk that turns out incomplete would be wasted work.
+QUICK_SCAN_LIMIT = 16384
+_QUICK_END_FLAGS = SERVER_MORE_RESULTS_EXISTS | SERVER_SESSION_STATE_CHANGED
+
+
+def scan_query_response(data: bytes, deprecate_eof: bool) -> int:
+    """Status flags of a COM_QUERY response that ``data`` holds exactly and completely, or -1.
+
+    The hot-path shortcut for what the :class:`ResponseTracker` would find in one chunk with
+    one plain OK, or one text result set (column count < 251 sent as one byte, definitions,
+    the EOF after them unless ``deprecate_eof``, rows, and a final EOF/OK), each with one-byte
+    affected-rows and insert-id and without SERVER_MORE_RESULTS_EXISTS or session-state data.
+    Anything else -- ERR, LOCAL INFILE, multi-results, metadata-less result sets,
+    continuation packets, bytes after the end, an incomplete response -- returns -1 without
+    side effects, and the caller feeds the chunk to the tracker instead.
+    """
+    n = len(data)
+    if n < 5 or n > QUICK_SCAN_LIMIT:
+        return -1
+    ln = _U32(data, 0)[0] & 0xFFFFFF
+    first = data[4]
+    if first == OK_HEADER:
+        if ln + 4 != n or ln < 7 or data[5] >= 0xFB or data[6] >= 0xFB:
+            return -1
+        status = data[7] | data[8] << 8
+        return -1 if status & _QUICK_END_FLAGS else status
+    if ln != 1 or first >= 0xFB:  # 0xFB LOCAL INFILE, 0xFC.. wider counts, 0xFE, 0xFF ERR
+        return -1
+    pos = 5
+    for _ in range(first):  # column definitions: skipped by their headers
+        if pos + 4 > n:
+            return -1
+        pos += 4 + (_U32(data, pos)[0] & 0xFFFFFF)
+    if not deprecate_eof:
+        if pos + 9 > n or data[pos + 4] != EOF_HEADER or _U32(data, pos)[0] & 0xFFFFFF != 5:
+            return -1
+        pos += 9
+    while pos + 4 < n:
+        ln = _U32(data, pos)[0] & 0xFFFFFF
+        nxt = pos + 4 + ln
+        if ln == MAX_PAYLOAD or nxt > n:
+            return -1
+        head = data[pos + 4] if ln else 0
+        if head == EOF_HEADER and (ln < 9 if not deprecate_eof else True):
+            # The end: classic EOF (0xFE, warnings, status) or, with DEPRECATE_EOF, an OK
+            # with a 0xFE header (0xFE, affected rows, insert id, status): the status is at
+            # payload offset 3 in both, given one-byte integers in the OK.
+            if nxt != n or ln < 5 or (deprecate_eof and (data[pos + 5] >= 0xFB
+                                                        or data[pos + 6] >= 0xFB)):
+                return -1
+            status = data[pos + 7] | data[pos + 8] << 8
+            return -1 if status & _QUICK_END_FLAGS else status
+        if head == ERR_HEADER:
+            return -1
+        pos = nxt
+    return -1
+
+
 class ResponseTracker:
     """Sans-IO state machine that finds the end of one command's response.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..auth import caching_sha2, mysql_native
 from ..errors import ServerConnectionLost, ServerLoginError
-from ..pool import CloseReason, Pool, ServerState
+from ..pool import S_ACTIVE, CloseReason, Pool
 from ..session import ServerSession, connect_and_login
 from . import codec
 from .codec import ResponseMode, ResponseTracker
@@ -35,6 +35,8 @@ BASE_CAPS = (codec.CLIENT_LONG_PASSWORD | codec.CLIENT_LONG_FLAG | codec.CLIENT_
 #: ERR codes a server sends as it drops the connection: connection killed (MariaDB 1927),
 #: ER_SERVER_SHUTDOWN 1053, ER_CLIENT_INTERACTION_TIMEOUT 4031 (MySQL 8 wait_timeout).
 _GOING_AWAY = frozenset((1927, 1053, 4031, 1152))
+#: The tracker state after a response taken whole: anything more from the server is an error.
+_FINISHED = ResponseTracker(0, ResponseMode.NO_RESPONSE)
 
 
 class ServerConnection(ServerSession):
@@ -58,7 +60,12 @@ class ServerConnection(ServerSession):
         self.schema = dbname
         self.names_default = "NAMES DEFAULT"
         self.thread_id = 0
+        #: The tracker following the current response: None until its first byte arrives,
+        #: then armed (or _FINISHED if the whole response came at once); done at its end.
         self.tracker: ResponseTracker | None = None
+        self._tracker: ResponseTracker | None = None  # reused for every response
+        self._command = codec.COM_QUIT
+        self._deprecate_eof = False
         self.params: dict[str, str] | None = None  # pool.server_params marker (version)
         self._reader: codec.PacketReader | None = codec.PacketReader()
 
@@ -72,7 +79,19 @@ class ServerConnection(ServerSession):
             self._unlinked_data(data)
             return
         tracker = self.tracker
-        assert tracker is not None
+        if tracker is None:
+            # The first chunk of a response: most are one whole small result, found without
+            # arming the tracker (codec.scan_query_response).
+            if self._command == codec.COM_QUERY:
+                status = codec.scan_query_response(data, self._deprecate_eof)
+                if status >= 0:
+                    self.pool.stats.bytes_out += len(data)
+                    client.replay = None
+                    self.outbox.write(client.transport, data)
+                    self.tracker = _FINISHED
+                    client.response_done(self, status, True)
+                    return
+            tracker = self._arm()
         if data[4:5] == b"\xff" and len(data) >= 7 and (client.replay is not None
                                                          or not client.pending):
             errno = data[5] | data[6] << 8
@@ -92,7 +111,7 @@ class ServerConnection(ServerSession):
         client.replay = None  # the reply has started: no transparent retry any more
         self.outbox.write(client.transport, data)
         if done:
-            client.response_done(self, tracker)
+            client.response_done(self, tracker.status_flags, not tracker.failed)
         elif tracker.waiting_for_client:
             client.infile_requested()
 
@@ -100,13 +119,20 @@ class ServerConnection(ServerSession):
         return None if self._reader is None else self._reader.feed(data)
 
     def start_command(self, command: int) -> None:
-        """Arm the tracker for the response to the command the client is sending."""
-        mode = codec.response_mode_for_command(command) or ResponseMode.SINGLE
-        tracker = self.tracker
+        """The client sends `command`: its response is tracked from its first byte on."""
+        self._command = command
+        self.tracker = None
+
+    def _arm(self) -> ResponseTracker:
+        """Start the (reused) tracker for the response to the current command."""
+        mode = codec.response_mode_for_command(self._command) or ResponseMode.SINGLE
+        tracker = self._tracker
         if tracker is None:
-            tracker = self.tracker = ResponseTracker(self.caps, mode)
+            tracker = self._tracker = ResponseTracker(self.caps, mode)
         else:
             tracker.start(mode)
+        self.tracker = tracker
+        return tracker
 
     # ------------------------------------------------------------------ login
     async def _login(self) -> None:
@@ -123,6 +149,7 @@ class ServerConnection(ServerSession):
         if self.dbname:
             caps |= codec.CLIENT_CONNECT_WITH_DB
         self.caps = caps
+        self._deprecate_eof = bool(caps & codec.CLIENT_DEPRECATE_EOF)
         plugin = hs.auth_plugin_name or "mysql_native_password"
         nonce = hs.auth_plugin_data
         auth = self._scramble(plugin, nonce)
@@ -170,7 +197,7 @@ class ServerConnection(ServerSession):
         if rows and rows[0][0] and rows[0][1]:
             self.names_default = f"NAMES {rows[0][0]} COLLATE {rows[0][1]}"
         self._reader = None
-        self.state = ServerState.ACTIVE
+        self.state = S_ACTIVE
 
     def _scramble(self, plugin: str, nonce: bytes) -> bytes:
         if plugin == "mysql_native_password":
@@ -262,7 +289,9 @@ async def open_server(pool: Pool, host: str, port: int, user: str, password: str
 async def fetch_greeting(host: str, port: int, timeout: float = 3.0) -> codec.Handshake | None:
     """Read a server's greeting (version, capabilities) without logging in."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        connect = asyncio.open_unix_connection(host) if host.startswith("/") \
+            else asyncio.open_connection(host, port)
+        reader, writer = await asyncio.wait_for(connect, timeout)
     except (OSError, TimeoutError):
         return None
     try:

@@ -141,9 +141,20 @@ def _mask(sql: bytes) -> tuple[bytes, bytes]:
 
 def analyse(sql: bytes) -> Analysis:
     """Classify one COM_QUERY text (see the module docstring)."""
-    result = Analysis()
+    return session_effects(sql) or Analysis()
+
+
+def session_effects(sql: bytes) -> Analysis | None:
+    """:func:`analyse`, but None for a statement with no effect on the session (most of them:
+    the per-query path then allocates nothing)."""
     if not _TRIGGERS.search(sql.lower()):
-        return result
+        return None
+    result = _analyse(sql)
+    return result if (result.pin or result.sets or result.use) else None
+
+
+def _analyse(sql: bytes) -> Analysis:
+    result = Analysis()
     if b"/*" in sql:
         sql = _EXEC_COMMENT.sub(lambda m: b" " + m.group(1) + b" ", sql)
     text, plain = _mask(sql)

@@ -27,7 +27,7 @@ from ..errors import (
     TooManyConnections,
     UnknownDatabase,
 )
-from ..pool import ClientState, CloseReason, Pool
+from ..pool import C_ACTIVE, C_IDLE, C_LOGIN, C_WAITING, CloseReason, Pool
 from ..session import ClientSession, borrow
 from . import codec
 from .codec import (
@@ -117,7 +117,7 @@ class ClientConnection(ClientSession):
             self._login_timer = self.loop.call_later(timeout, self._login_timed_out)
 
     def data_received(self, data: bytes) -> None:
-        if self.state is ClientState.LOGIN:
+        if self.state is C_LOGIN:
             self._login_data(data)
         else:
             self._client_data(data)
@@ -139,9 +139,9 @@ class ClientConnection(ClientSession):
 
     # ------------------------------------------------------------------ login
     def _login_timed_out(self) -> None:
-        if self.state is ClientState.LOGIN:
+        if self.state is C_LOGIN:
             self.listener.count_result("protocol_error")
-            self.fail(ProtocolViolation("client_login_timeout: login not completed in time"))
+            self.fail(self._login_timeout_error())
 
     def _login_data(self, data: bytes) -> None:
         try:
@@ -160,7 +160,7 @@ class ClientConnection(ClientSession):
                         raise ProtocolViolation(
                             f"expected a password/SASL message during authentication, got {chr(t)!r}")
                     self._on_auth_message(body)
-                    if self.state is not ClientState.LOGIN or self._reader is None:
+                    if self.state is not C_LOGIN or self._reader is None:
                         break
         except ProxyError as exc:
             self.listener.count_result("auth_failed" if isinstance(exc, AuthFailed)
@@ -407,7 +407,7 @@ class ClientConnection(ClientSession):
         out.append(codec.backend_key_data(*self.key))
         out.append(codec.ready_for_query(b"I"))
         self.send(b"".join(out))
-        self.state = ClientState.IDLE
+        self.state = C_IDLE
         self.idle_since = self.pool.clock()
         self.pool.clients += 1
         self.listener.count_result("accepted")
@@ -431,7 +431,7 @@ class ClientConnection(ClientSession):
         out.append(codec.backend_key_data(0, 0))
         out.append(codec.ready_for_query(b"I"))
         self.send(b"".join(out))
-        self.state = ClientState.IDLE
+        self.state = C_IDLE
         self.listener.count_result("accepted")
         self._reader = codec.MessageReader(max_message=1 << 20)
         log.info("%r: admin console session", self)
@@ -505,14 +505,14 @@ class ClientConnection(ClientSession):
         if server is None:
             if data[:1] == b"H" and data == _FLUSH * (len(data) // 5):
                 return  # a Flush with nothing outstanding has no answer: no server needed
-            if self.state is ClientState.WAITING:
+            if self.state is C_WAITING:
                 self._buffer_while_waiting(data)
                 return
             pool = self.pool
             assert pool is not None
             server = pool.checkout(self)
             if server is None:
-                self.state = ClientState.WAITING
+                self.state = C_WAITING
                 self._buffer_while_waiting(data)
                 return
             self._link(server)
@@ -598,7 +598,7 @@ class ClientConnection(ClientSession):
     def _link(self, server: ServerConnection) -> None:
         self.server = server
         server.client = self
-        self.state = ClientState.ACTIVE
+        self.state = C_ACTIVE
         self.replay = []
         self.xact_started = self.pool.clock()  # type: ignore[union-attr]
         # Compare the tracked parameters as one tuple; the diff loop only runs when they differ
@@ -619,7 +619,7 @@ class ClientConnection(ClientSession):
 
     # Waiter protocol (called by the pool)
     def on_server(self, server: ServerConnection) -> None:
-        if self.state is not ClientState.WAITING:
+        if self.state is not C_WAITING:
             raise RuntimeError("client is no longer waiting")
         self._link(server)
         buffer = self._buffer
@@ -637,7 +637,7 @@ class ClientConnection(ClientSession):
     def on_pool_error(self, exc: ProxyError) -> None:
         self._buffer.clear()
         self._buffered = 0
-        self.state = ClientState.IDLE
+        self.state = C_IDLE
         log.info("%r: no server connection: %s", self, exc.message)
         self.fail(exc)
 
@@ -660,7 +660,7 @@ class ClientConnection(ClientSession):
         self._resume_server()
         self.server = None
         server.client = None
-        self.state = ClientState.IDLE
+        self.state = C_IDLE
         if server.cancels_in_flight:
             # A cancel for this client's query may still reach the server: never let it hit
             # the next client's query. The server goes back when the cancel is done.
@@ -685,9 +685,9 @@ class ClientConnection(ClientSession):
         self._resume_server()
         replay = self.replay
         self.replay = None
-        if replay is not None and self.state is ClientState.ACTIVE and self._may_retry():
+        if replay is not None and self.state is C_ACTIVE and self._may_retry():
             log.info("%r: server connection was dead; retrying on a new one", self)
-            self.state = ClientState.WAITING
+            self.state = C_WAITING
             self._buffer = replay
             self._buffered = sum(len(chunk) for chunk in replay)
             pool = self.pool
@@ -696,7 +696,7 @@ class ClientConnection(ClientSession):
             if new is not None:
                 self.on_server(new)
             return
-        self.state = ClientState.IDLE
+        self.state = C_IDLE
         self.idle_since = self.listener.clock()
         owed, unsynced = self.pending, self.unsynced
         if owed > 0:

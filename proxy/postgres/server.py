@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from ..auth import md5 as md5auth
 from ..auth import scram
 from ..errors import ServerConnectionLost, ServerLoginError, ServerUnavailable
-from ..pool import CloseReason, Pool, ServerState
-from ..session import ServerSession, connect_and_login
+from ..pool import S_ACTIVE, CloseReason, Pool
+from ..session import ServerSession, connect_and_login, open_transport
 from . import codec
 from .codec import (
     MSG_AUTH,
@@ -223,7 +223,7 @@ class ServerConnection(ServerSession):
             elif t == MSG_READY_FOR_QUERY:
                 self.tx_status = body[0]
                 self._reader = None
-                self.state = ServerState.ACTIVE
+                self.state = S_ACTIVE
                 return
             # NoticeResponse and anything else during login: ignore.
 
@@ -304,8 +304,7 @@ async def send_cancel(host: str, port: int, key: tuple[int, int], timeout: float
             if not done.done():
                 done.set_result(None)
 
-    transport, _ = await asyncio.wait_for(
-        loop.create_connection(_Cancel, host, port), timeout)
+    transport = await asyncio.wait_for(open_transport(_Cancel, host, port), timeout)
     try:
         await asyncio.wait_for(done, timeout)
     finally:

@@ -133,6 +133,7 @@ admin: {listen: null}
     server.transport = FakeTransport()  # type: ignore[assignment]
     server._reader = None
     server.caps = caps
+    server._deprecate_eof = True  # as _login() sets it
     server.state = ServerState.IDLE
     pool.idle.append(server)
     pool.server_params = {}

@@ -1224,3 +1224,21 @@ def test_summary_of_examples_hides_passwords(path: Path) -> None:
     passwords = {u.password for lst in c.listeners for u in lst.users.values()}
     assert passwords & {"app-pw-zz9"}
     assert str(path) in out
+
+
+def test_server_host_path_is_a_unix_socket() -> None:
+    # PostgreSQL: a directory, as in libpq and PgBouncer; the port names the socket file.
+    c = parse(build(pg(server={"host": "/var/run/postgresql/", "port": 5433})))
+    srv = c.listener("pg").server
+    assert srv.socket_path == "/var/run/postgresql/.s.PGSQL.5433"
+    assert srv.target == srv.socket_path
+    assert str(srv) == "unix:/var/run/postgresql/.s.PGSQL.5433"
+    # MySQL: the socket file itself, as in MySQL's own clients.
+    c = parse(build(my(server={"host": "/run/mysqld/mysqld.sock"})))
+    srv = c.listener(MY_LISTENER["name"]).server
+    assert srv.socket_path == srv.target == "/run/mysqld/mysqld.sock"
+    # Anything else is TCP.
+    c = parse(build(pg(server={"host": "db.example.com", "port": 5432})))
+    srv = c.listener("pg").server
+    assert srv.socket_path is None and srv.target == "db.example.com"
+    assert str(srv) == "db.example.com:5432"

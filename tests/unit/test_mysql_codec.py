@@ -1224,3 +1224,93 @@ def test_parsers_fuzz_only_protocol_errors(data: bytes) -> None:
             fn(data)
         except ProtocolError:
             pass
+
+
+# ---------------------------------------------------------------------------------------------
+# scan_query_response: the whole-response shortcut must agree with the tracker or abstain
+# ---------------------------------------------------------------------------------------------
+def _tracker_verdict(wire: bytes, caps: int) -> int:
+    """What the ResponseTracker says of ``wire`` as one chunk: the final status if it holds
+    exactly one complete, successful response, else -1."""
+    t = ResponseTracker(caps)
+    try:
+        done = t.feed_data(wire)
+    except ProtocolError:
+        return -1
+    if not done or t.consumed != len(wire) or t.failed or t.status_flags is None:
+        return -1
+    return t.status_flags
+
+
+def _scan(wire: bytes, caps: int) -> int:
+    return c.scan_query_response(wire, bool(caps & c.CLIENT_DEPRECATE_EOF))
+
+
+@pytest.mark.parametrize("caps", [BASE, DEP])
+def test_scan_takes_the_common_shapes(caps: int) -> None:
+    ok = stream_of([c.build_ok(affected_rows=3, last_insert_id=7, status_flags=AC,
+                               capabilities=caps)])
+    assert _scan(ok, caps) == AC
+    one_row = stream_of(result_set(1, [[b"x" * 120]], AC, caps))
+    assert _scan(one_row, caps) == AC
+    many = stream_of(result_set(3, [[b"1", None, b""]] * 50, IN_TRANS | AC, caps))
+    assert _scan(many, caps) == IN_TRANS | AC
+    empty = stream_of(result_set(2, [], AC, caps))
+    assert _scan(empty, caps) == AC
+    for wire in (ok, one_row, many, empty):
+        assert _scan(wire, caps) == _tracker_verdict(wire, caps)
+
+
+@pytest.mark.parametrize("caps", [BASE, DEP])
+def test_scan_abstains_where_the_tracker_must_decide(caps: int) -> None:
+    whole = stream_of(result_set(1, [[b"abc"]], AC, caps))
+    cases = {
+        "err": stream_of([c.build_err(1146, "42S02", "no such table")]),
+        "err after rows": stream_of(result_set(1, [[b"abc"]], AC, caps)[:-1]
+                                    + [c.build_err(1317, "70100", "interrupted")]),
+        "more results": stream_of([*result_set(1, [[b"a"]], AC | MORE, caps),
+                                   c.build_ok(status_flags=AC, capabilities=caps)]),
+        "ok with more results": stream_of([c.build_ok(status_flags=AC | MORE, capabilities=caps),
+                                           c.build_ok(status_flags=AC, capabilities=caps)]),
+        "session state": stream_of([c.build_ok(status_flags=AC, capabilities=caps,
+                                               session_state_changes=[(1, "db")])]),
+        "local infile": stream_of([b"\xfb/tmp/x.csv"]),
+        "wide affected rows": stream_of([c.build_ok(affected_rows=70000, status_flags=AC,
+                                                    capabilities=caps)]),
+        "incomplete": whole[:-1],
+        "header only": whole[:3],
+        "trailing bytes": whole + b"\x01",
+        "251 columns": stream_of(result_set(251, [], AC, caps)),
+        "too big": stream_of(result_set(1, [[b"x" * 200]] * 100, AC, caps)),
+    }
+    for name, wire in cases.items():
+        assert _scan(wire, caps) == -1, name
+
+
+def test_scan_cut_anywhere_abstains() -> None:
+    wire = stream_of(result_set(2, [[b"1", None], [b"x" * 260, b""]], AC, BASE))
+    assert _scan(wire, BASE) == AC
+    for i in range(len(wire)):
+        assert _scan(wire[:i], BASE) == -1, i
+
+
+@given(responses())
+@settings(max_examples=300)
+def test_scan_agrees_with_the_tracker(resp: tuple[int, list[bytes], int, int]) -> None:
+    caps, payloads, final_status, nresults = resp
+    wire = stream_of(payloads)
+    got = _scan(wire, caps)
+    if got != -1:
+        assert got == _tracker_verdict(wire, caps) == final_status
+        assert nresults == 1
+    else:
+        # A lone OK or result set (these have no session-state data) is always taken.
+        assert nresults > 1 or len(wire) > c.QUICK_SCAN_LIMIT
+
+
+@given(st.binary(max_size=200), st.booleans())
+def test_scan_fuzz_never_raises_and_agrees(data: bytes, dep: bool) -> None:
+    caps = DEP if dep else BASE
+    got = _scan(data, caps)
+    if got != -1:
+        assert got == _tracker_verdict(data, caps)

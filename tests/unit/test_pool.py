@@ -242,6 +242,26 @@ def test_janitor_query_wait_timeout_only_after_the_timeout() -> None:
     run(main)
 
 
+def test_query_wait_timeout_says_why_when_no_server_could_be_opened() -> None:
+    async def main() -> None:
+        down = ServerUnavailable("cannot connect to server /run/db/.s.PGSQL.5432: [Errno 2] No "
+                                 "such file or directory", hint="is the database running?")
+        connect = FakeConnect(*[down] * 50)
+        pool, _, clock = make_pool(connect, pool_size=1, query_wait_timeout=5.0,
+                                   server_login_retry=1.0)
+        w = FakeWaiter()
+        pool.checkout(w)
+        await settle()
+        assert connect.calls >= 1 and w.errors == []  # it waits: the database may come back
+        Janitor(lambda: [pool], clock.fn).tick(clock.now + 5.0)
+        (exc,) = w.errors
+        assert isinstance(exc, QueryWaitTimeout)
+        assert exc.message.startswith("query_wait_timeout: no server connection became free")
+        assert "opening a server connection failed: cannot connect to server /run/db/" in exc.message
+        assert exc.hint == "is the database running?"
+    run(main)
+
+
 def test_janitor_query_wait_timeout_zero_is_off() -> None:
     async def main() -> None:
         connect = FakeConnect()
