@@ -168,6 +168,35 @@ def tps_ratio(a: Outcome | None, b: Outcome | None) -> str:
     return f"{a.tps / b.tps:.2f}" if a and b and b.tps and a.tps is not None else "—"
 
 
+def median_runs(results: Sequence[Any], group: str) -> dict[tuple[str, str], Any]:
+    """Per (``group`` attribute, target), the run with the median tps (with --rounds; else the
+    only run). A whole run is picked, not per-column medians, so its latency and CPU belong
+    to it."""
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for r in results:
+        groups.setdefault((getattr(r, group), r.target), []).append(r)
+    picked = {}
+    for key, runs in groups.items():
+        good = sorted((r for r in runs if r.tps is not None), key=lambda r: r.tps or 0.0)
+        picked[key] = good[(len(good) - 1) // 2] if good else runs[-1]
+    return picked
+
+
+def paired_ratio(results: Sequence[Any], group: str, value: str, a: str, b: str) -> str:
+    """Median over rounds of a's tps / b's tps within the same round, for the runs whose
+    ``group`` attribute is ``value`` (the two ran minutes apart at most, so a drift of the
+    machine's speed cancels out), with the range."""
+    tps = {(r.target, r.round): r.tps for r in results if getattr(r, group) == value and r.ok}
+    ratios = sorted(ta / tb for (t, n), ta in tps.items()
+                    if t == a and ta and (tb := tps.get((b, n))))
+    if not ratios:
+        return "—"
+    median = statistics.median(ratios)
+    if len(ratios) == 1:
+        return f"{median:.2f}"
+    return f"{median:.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+
+
 def table_lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -605,8 +634,11 @@ class Down(asyncio.Protocol):
         asyncio.get_running_loop().create_task(self.connect())
     async def connect(self):
         try:
-            _, up = await asyncio.get_running_loop().create_connection(
-                lambda: Up(self), SERVER_HOST, SERVER_PORT)
+            loop = asyncio.get_running_loop()
+            if SERVER_HOST.startswith("/"):  # a Unix-domain socket
+                _, up = await loop.create_unix_connection(lambda: Up(self), SERVER_HOST)
+            else:
+                _, up = await loop.create_connection(lambda: Up(self), SERVER_HOST, SERVER_PORT)
         except OSError:
             self.transport.close()
             return

@@ -62,13 +62,14 @@ from common import (  # noqa: E402
     make_workdir,
     mark,
     measure_metrics_cost,
+    median_runs,
     metrics_cost_json,
     metrics_cost_tables,
     metrics_scrape_problems,
+    paired_ratio,
     split_choices,
     start_cost_pair,
     table_lines,
-    tps_ratio,
     workers_note,
 )
 
@@ -91,8 +92,12 @@ TESTS: dict[str, int] = {
 }
 DEFAULT_TESTS = ("oltp_point_select", "oltp_read_only")
 DEFAULT_COST_TESTS = ("oltp_point_select",)  # --metrics-cost: the busiest test shows it best
-TARGETS = ("direct", "poolproxy", "forwarder")
+TARGETS = ("direct", "poolproxy", "forwarder", "direct-unix", "poolproxy-unix", "forwarder-unix")
 DEFAULT_TARGETS = ("direct", "poolproxy")
+#: The targets whose hop to MariaDB is its Unix socket rather than TCP: sysbench itself
+#: (direct-unix), or the proxy's server connections (poolproxy-unix: `server.host` = the
+#: socket file, as when poolproxy runs on the database host).
+UNIX_TARGETS = ("direct-unix", "poolproxy-unix", "forwarder-unix")
 
 
 # --------------------------------------------------------------------------- results
@@ -123,6 +128,7 @@ class RunResult:
     sysbench_cpu_s: float | None = None
     error: str = ""  # empty when the run went well
     proxy_log_tail: str = ""  # attached when a run through poolproxy (or the forwarder) failed
+    round: int = 1  # with --rounds: which round (targets run interleaved, round by round)
 
     @property
     def ok(self) -> bool:
@@ -196,10 +202,12 @@ def parse_sysbench(output: str) -> dict[str, Any]:
 
 
 def mysql_poolproxy(workdir: Path, server: MariaDbServer, pool_size: int,
-                    admin: bool = False, workers: int = 1) -> Poolproxy:
-    """poolproxy with one MySQL listener ("mysql") for app in front of ``server``."""
+                    admin: bool = False, workers: int = 1, unix: bool = False) -> Poolproxy:
+    """poolproxy with one MySQL listener ("mysql") for app in front of ``server`` (over its
+    Unix socket with ``unix``)."""
+    extra = {"server": {"host": str(server.socket_path)}} if unix else {}
     listener = mysql_listener(server, name="mysql",
-                              users=[{"name": APP_USER, "password": APP_PASSWORD}])
+                              users=[{"name": APP_USER, "password": APP_PASSWORD}], **extra)
     return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers)
 
 
@@ -221,9 +229,11 @@ def sysbench_version(sysbench: str) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def sysbench_common(port: int, user: str, password: str) -> list[str]:
+def sysbench_common(port: int, user: str, password: str, socket: str | None = None) -> list[str]:
+    where = [f"--mysql-socket={socket}"] if socket else ["--mysql-host=127.0.0.1",
+                                                        f"--mysql-port={port}"]
     args = [
-        "--db-driver=mysql", "--mysql-host=127.0.0.1", f"--mysql-port={port}",
+        "--db-driver=mysql", *where,
         f"--mysql-user={user}", f"--mysql-db={DBNAME}", f"--tables={TABLES}",
         f"--table-size={TABLE_SIZE}",
     ]
@@ -266,8 +276,10 @@ def run_sysbench(
     proxy: Middle | None, server: MariaDbServer, extra: list[str], workdir: Path,
 ) -> RunResult:
     """One sysbench run; the proxy's and mariadbd's CPU use is read from /proc around it."""
+    socket = str(server.socket_path) if target == "direct-unix" else None
     cmd = [
-        sysbench, test, *sysbench_common(port, APP_USER, APP_PASSWORD), "--db-ps-mode=disable",
+        sysbench, test, *sysbench_common(port, APP_USER, APP_PASSWORD, socket),
+        "--db-ps-mode=disable",
         f"--threads={threads}", f"--time={duration}", "--events=0", "--percentile=95",
         "--report-interval=0", *extra, "run",
     ]
@@ -292,7 +304,7 @@ def run_sysbench(
     if db_pids:
         result.mariadb_cpu_s = cpu_delta(db_before, cpu_seconds(db_pids))
     result.sysbench_cpu_s = round(children_cpu_seconds() - sysbench_before, 3)
-    (workdir / f"sysbench-{test}-{target}.log").write_text(
+    (workdir / f"sysbench-{test}-{target}-{int(time.time())}.log").write_text(
         " ".join(cmd) + "\n\n" + stdout + "\n--- stderr ---\n" + stderr)
     for key, value in parse_sysbench(stdout).items():
         setattr(result, key, value)
@@ -335,11 +347,14 @@ def _errors(result: RunResult | None) -> str:
 
 
 def markdown_table(results: list[RunResult], tests: list[str]) -> str:
-    """The main table (direct vs poolproxy), plus a forwarder table when that target ran."""
-    by_key = {(r.test, r.target): r for r in results}
+    """The main table (direct vs poolproxy), then one for the forwarder baseline and one for
+    the Unix-socket targets when those ran. With --rounds, each figure is from the run with the
+    median tps, and the ratios are medians of same-round ratios with their range."""
+    by_key = median_runs(results, "test")
+    targets = {r.target for r in results}
     header = [
-        "test", "threads", "direct tps", "poolproxy tps", "ratio", "direct qps", "poolproxy qps",
-        "latency ms avg/p95 direct", "latency ms avg/p95 poolproxy",
+        "test", "threads", "direct tps", "poolproxy tps", "poolproxy/direct", "direct qps",
+        "poolproxy qps", "latency ms avg/p95 direct", "latency ms avg/p95 poolproxy",
         "errors/reconnects direct", "errors/reconnects poolproxy",
         "proxy CPU ms/1000 txn", "proxy CPU µs/query",
     ]
@@ -348,13 +363,14 @@ def markdown_table(results: list[RunResult], tests: list[str]) -> str:
         direct, pp = by_key.get((test, "direct")), by_key.get((test, "poolproxy"))
         threads = next((r.threads for r in results if r.test == test), 0)
         rows.append([
-            test, str(threads), cell(direct, "tps"), cell(pp, "tps"), tps_ratio(pp, direct),
+            test, str(threads), cell(direct, "tps"), cell(pp, "tps"),
+            paired_ratio(results, "test", test, "poolproxy", "direct"),
             cell(direct, "qps"), cell(pp, "qps"), _latency(direct), _latency(pp),
             _errors(direct), _errors(pp),
             cell(pp, "proxy_cpu_ms_per_1000", 1), cell(pp, "proxy_cpu_us_per_query", 1),
         ])
     lines = table_lines(header, rows)
-    if any(r.target == "forwarder" for r in results):
+    if "forwarder" in targets:
         header = [
             "test (bare forwarder baseline)", "forwarder tps", "forwarder/direct",
             "poolproxy/forwarder", "latency ms avg/p95 forwarder", "errors/reconnects forwarder",
@@ -362,13 +378,36 @@ def markdown_table(results: list[RunResult], tests: list[str]) -> str:
         ]
         rows = []
         for test in tests:
-            direct, pp = by_key.get((test, "direct")), by_key.get((test, "poolproxy"))
             fwd = by_key.get((test, "forwarder"))
             rows.append([
-                test, cell(fwd, "tps"), tps_ratio(fwd, direct), tps_ratio(pp, fwd), _latency(fwd),
+                test, cell(fwd, "tps"), paired_ratio(results, "test", test, "forwarder", "direct"),
+                paired_ratio(results, "test", test, "poolproxy", "forwarder"), _latency(fwd),
                 _errors(fwd), cell(fwd, "proxy_cpu_ms_per_1000", 1),
                 cell(fwd, "proxy_cpu_us_per_query", 1),
             ])
+        lines += ["", *table_lines(header, rows)]
+    unix = [t for t in UNIX_TARGETS if t in targets]
+    if unix:
+        header = ["test (hop to MariaDB over its Unix socket)"]
+        for t in unix:
+            header += [f"{t} tps", f"{t}/direct"]
+        both = "poolproxy-unix" in unix and "direct-unix" in unix
+        if both:
+            header.append("poolproxy-unix/direct-unix")
+        if "poolproxy-unix" in unix:
+            header += ["poolproxy-unix CPU µs/query", "latency ms avg/p95 poolproxy-unix"]
+        rows = []
+        for test in tests:
+            row = [test]
+            for t in unix:
+                row += [cell(by_key.get((test, t)), "tps"),
+                        paired_ratio(results, "test", test, t, "direct")]
+            if both:
+                row.append(paired_ratio(results, "test", test, "poolproxy-unix", "direct-unix"))
+            if "poolproxy-unix" in unix:
+                ppu = by_key.get((test, "poolproxy-unix"))
+                row += [cell(ppu, "proxy_cpu_us_per_query", 1), _latency(ppu)]
+            rows.append(row)
         lines += ["", *table_lines(header, rows)]
     return "\n".join(lines)
 
@@ -388,8 +427,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help=f"comma-separated, from {', '.join(TARGETS)} (default "
                              f"{','.join(DEFAULT_TARGETS)}); forwarder = a bare uvloop byte "
-                             "forwarder without pooling, the floor for a Python proxy "
-                             "(ignored with --metrics-cost)")
+                             "forwarder without pooling, the floor for a Python proxy; *-unix ="
+                             " the hop to MariaDB over its Unix socket (sysbench itself, or the"
+                             " proxy's server connections) (ignored with --metrics-cost)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every target this many times, interleaved round by round;"
+                             " the table shows each target's median run and the median (range)"
+                             " of same-round ratios (default 1)")
     parser.add_argument("--pool-size", type=int, default=POOL_SIZE,
                         help=f"poolproxy server connections per pool (default {POOL_SIZE})")
     parser.add_argument("--workers", type=int, default=1,
@@ -410,50 +454,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.tests = ",".join(DEFAULT_COST_TESTS if args.metrics_cost else DEFAULT_TESTS)
     args.tests = split_choices(parser, "tests", args.tests, TESTS)
     args.targets = split_choices(parser, "targets", args.targets, TARGETS)
-    if args.duration < 1 or args.threads < 1:
-        parser.error("--duration and --threads must be at least 1")
+    if args.duration < 1 or args.threads < 1 or args.rounds < 1:
+        parser.error("--duration, --threads and --rounds must be at least 1")
     check_metrics_cost_args(parser, args)
     return args
 
 
 def compare(args: argparse.Namespace, sysbench: str, server: MariaDbServer, workdir: Path,
             cleanup: Cleanup) -> list[RunResult]:
-    """The usual benchmark: every test against each of --targets."""
+    """The usual benchmark: every test against each of --targets, --rounds times over
+    (interleaved: test by test, round by round, every target in each round)."""
     middles: dict[str, Middle] = {}
-    if "poolproxy" in args.targets:
-        proxy = mysql_poolproxy(workdir / "poolproxy", server, args.pool_size, workers=args.workers)
-        cleanup.add("poolproxy", proxy.stop)
-        proxy.start()
-        middles["poolproxy"] = proxy
-    if "forwarder" in args.targets:
-        forwarder = Forwarder(workdir / "forwarder", server.host, server.port)
-        cleanup.add("forwarder", forwarder.stop)
-        forwarder.start()
-        middles["forwarder"] = forwarder
-    ports = {"direct": server.port, **{name: m.port for name, m in middles.items()}}
+    for target in args.targets:
+        middle: Middle
+        if target in ("poolproxy", "poolproxy-unix"):
+            middle = mysql_poolproxy(workdir / target, server, args.pool_size,
+                                     workers=args.workers, unix=target == "poolproxy-unix")
+        elif target in ("forwarder", "forwarder-unix"):
+            middle = Forwarder(workdir / target, str(server.socket_path)
+                               if target == "forwarder-unix" else server.host, server.port)
+        else:
+            continue
+        cleanup.add(target, middle.stop)
+        middle.start()
+        middles[target] = middle
+    ports = {"direct": server.port, "direct-unix": server.port,
+             **{name: m.port for name, m in middles.items()}}
 
     warm_up(args, sysbench, server, workdir)
     results: list[RunResult] = []
-    print(f"running {len(args.tests)} tests x {len(args.targets)} targets x "
-          f"{args.duration}s, {args.threads} threads\n", flush=True)
+    print(f"running {len(args.tests)} tests x {len(args.targets)} targets x {args.rounds} "
+          f"rounds x {args.duration}s, {args.threads} threads\n", flush=True)
     for test in args.tests:
-        for target in args.targets:
-            target_proxy = middles.get(target)
-            if target_proxy is not None and not target_proxy.is_running():
-                print(f"  {target} is not running; restarting it", flush=True)
-                target_proxy.stop()
-                target_proxy.start()
-            result = run_sysbench(sysbench, test, target, ports[target], args.threads,
-                                  args.duration, target_proxy, server, args.sysbench_arg,
-                                  workdir)
-            results.append(result)
-            cpu = result.proxy_cpu_ms_per_1000
-            print(f"  {test:<18} {target:<10} tps {fmt(result.tps):>7}  qps "
-                  f"{fmt(result.qps):>7}  latency avg/p95 {_latency(result)} ms"
-                  + (f"  proxy CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
-                  + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
-                  flush=True)
-            time.sleep(1.0)  # let closed connections' threads exit before the next run
+        for round_no in range(1, args.rounds + 1):
+            for target in args.targets:
+                target_proxy = middles.get(target)
+                if target_proxy is not None and not target_proxy.is_running():
+                    print(f"  {target} is not running; restarting it", flush=True)
+                    target_proxy.stop()
+                    target_proxy.start()
+                result = run_sysbench(sysbench, test, target, ports[target], args.threads,
+                                      args.duration, target_proxy, server, args.sysbench_arg,
+                                      workdir)
+                result.round = round_no
+                results.append(result)
+                cpu = result.proxy_cpu_ms_per_1000
+                print(f"  {test:<18} {target:<15} {round_no}/{args.rounds} tps "
+                      f"{fmt(result.tps):>7}  qps {fmt(result.qps):>7}  latency avg/p95 "
+                      f"{_latency(result)} ms"
+                      + (f"  proxy CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
+                      + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
+                      flush=True)
+                time.sleep(1.0)  # let closed connections' threads exit before the next run
     return results
 
 
@@ -529,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             "tables": TABLES,
             "table_size": TABLE_SIZE,
             "pool_size": args.pool_size,
+            "rounds": args.rounds,
             "poolproxy_workers": args.workers,
             "sysbench_extra_args": args.sysbench_arg,
         }
@@ -559,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
                 " CPU = poolproxy's"
                 " utime+stime during the run per 1000 transactions (= µs per transaction). (!) ="
                 " the run had problems, see below."
+                + (f" Each figure: the median-tps run of {args.rounds} interleaved rounds;"
+                   " ratios: median (range) of the same-round ratios."
+                   if args.rounds > 1 else "")
             )
         failed = [r for r in results if not r.ok]
         for r in failed:

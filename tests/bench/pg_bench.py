@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -54,9 +53,11 @@ from common import (  # noqa: E402
     install_signal_handlers,
     make_workdir,
     measure_metrics_cost,
+    median_runs,
     metrics_cost_json,
     metrics_cost_tables,
     metrics_scrape_problems,
+    paired_ratio,
     split_choices,
     start_cost_pair,
     table_lines,
@@ -361,35 +362,8 @@ def run_pgbench(
 # --------------------------------------------------------------------------- report
 
 
-def median_runs(results: list[RunResult]) -> dict[tuple[str, str], RunResult]:
-    """Per (mode, target), the run with the median tps (with --rounds; else the only run).
-    A whole run is picked, not per-column medians, so its latency and CPU belong to it."""
-    groups: dict[tuple[str, str], list[RunResult]] = {}
-    for r in results:
-        groups.setdefault((r.mode, r.target), []).append(r)
-    picked = {}
-    for key, runs in groups.items():
-        good = sorted((r for r in runs if r.tps is not None), key=lambda r: r.tps or 0.0)
-        picked[key] = good[(len(good) - 1) // 2] if good else runs[-1]
-    return picked
-
-
-def paired_ratio(results: list[RunResult], mode: str, a: str, b: str) -> str:
-    """Median over rounds of a's tps / b's tps within the same round (the two ran minutes
-    apart at most, so a drift of the machine's speed cancels out), with the range."""
-    tps = {(r.target, r.round): r.tps for r in results if r.mode == mode and r.ok}
-    ratios = sorted(ta / tb for (t, n), ta in tps.items()
-                    if t == a and ta and (tb := tps.get((b, n))))
-    if not ratios:
-        return "—"
-    median = statistics.median(ratios)
-    if len(ratios) == 1:
-        return f"{median:.2f}"
-    return f"{median:.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
-
-
 def markdown_table(results: list[RunResult], modes: list[str]) -> str:
-    by_key = median_runs(results)
+    by_key = median_runs(results, "mode")
     header = [
         "mode", "clients", "direct tps", "pgbouncer tps", "poolproxy tps",
         "poolproxy/pgbouncer", "latency ms direct", "latency ms pgbouncer",
@@ -402,7 +376,7 @@ def markdown_table(results: list[RunResult], modes: list[str]) -> str:
         rows.append([
             mode_label(mode), str(clients),
             *(cell(runs[t], "tps") for t in MAIN_TARGETS),
-            paired_ratio(results, mode, "poolproxy", "pgbouncer"),
+            paired_ratio(results, "mode", mode, "poolproxy", "pgbouncer"),
             *(cell(runs[t], "latency_ms", 2) for t in MAIN_TARGETS),
             *(cell(runs[t], "cpu_ms_per_1000", 1) for t in ("pgbouncer", "poolproxy")),
         ])
@@ -412,8 +386,8 @@ def markdown_table(results: list[RunResult], modes: list[str]) -> str:
             ["mode", "forwarder tps", "forwarder/pgbouncer", "poolproxy/forwarder",
              "latency ms forwarder", "CPU ms/1000 txn forwarder"],
             [[mode_label(mode), cell(by_key.get((mode, "forwarder")), "tps"),
-              paired_ratio(results, mode, "forwarder", "pgbouncer"),
-              paired_ratio(results, mode, "poolproxy", "forwarder"),
+              paired_ratio(results, "mode", mode, "forwarder", "pgbouncer"),
+              paired_ratio(results, "mode", mode, "poolproxy", "forwarder"),
               cell(by_key.get((mode, "forwarder")), "latency_ms", 2),
               cell(by_key.get((mode, "forwarder")), "cpu_ms_per_1000", 1)]
              for mode in modes])]
