@@ -284,16 +284,13 @@ class ClientConnection(ClientSession):
             return  # answered here
         if cmd == _COM_QUERY:
             effects = session_effects(payload[1:])
-            if effects is None:
-                self._analysis = None
-            else:
+            self._analysis = None
+            if effects is not None:
                 if effects.pin:
                     self._pin(effects.pin)
                 if effects.sets or effects.use:
                     self._analysis = effects
                     self._effects = True
-                else:
-                    self._analysis = None
         data = raw if raw is not None else codec.encode_packet(seq, payload)
         if server is not None:
             self._send(server, cmd, data)
