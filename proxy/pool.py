@@ -249,35 +249,30 @@ class Pool:
     def checkin(self, server: Any, now: float | None = None) -> None:
         """A server is clean again: hand it to the first waiter or park it idle. `now`: the
         caller's reading of the pool clock, if it has one."""
+        self.active.discard(server)
         if server.state is S_CLOSED:
-            self.active.discard(server)
             self._maybe_open()
             return
         if now is None:
             now = self.clock()
         server.last_used = now
         if self.closed:
-            self.active.discard(server)
             server.close(CloseReason.CONFIG_RELOAD)
             return
         if now >= server.expires_at and self._lifetime_budget > 0:
             # At most a few lifetime closes per janitor period, so a pool opened all at once
             # is renewed gradually; an expired server stays in use until its turn.
-            self.active.discard(server)
             self._lifetime_budget -= 1
             self._close(server, CloseReason.LIFETIME)
             self._maybe_open()
             self.top_up()
             return
-        others = self.total - (server in self.active)
-        if others >= self.settings.pool_size and others >= self.limit:
+        if self.total >= self.limit:
             # Over the limit counting this server (pool_size lowered by a reload): shrink even
-            # under load; the waiters get the servers that remain. (limit >= pool_size: the
-            # first test spares the usual case a call.)
-            self.active.discard(server)
+            # under load; the waiters get the servers that remain.
             self._close(server, CloseReason.POOL_LIMIT)
             return
-        self._hand_out(server, now)  # it stays in `active` if a waiter takes it
+        self._hand_out(server, now)
 
     def resume(self) -> None:
         """End a PAUSE: serve the clients that queued meanwhile."""
@@ -328,9 +323,9 @@ class Pool:
             except Exception:  # a broken waiter must not lose the server
                 log.exception("%r: waiter failed to take a server", self)
                 if server in self.active and server.state is S_ACTIVE:
+                    self.active.discard(server)
                     continue
             return
-        self.active.discard(server)
         server.state = S_IDLE
         self.idle.append(server)
 
@@ -355,10 +350,7 @@ class Pool:
     def _maybe_open(self) -> None:
         if self.closed or self.paused:
             return
-        while len(self.waiters) > self.opening:
-            total = self.total
-            if total >= self.settings.pool_size and total >= self.limit:
-                return
+        while len(self.waiters) > self.opening and self.total < self.limit:
             if self._login_backoff() or not self.db_has_room():
                 return
             self.opening += 1

@@ -81,7 +81,6 @@ class ClientConnection(ClientSession):
         self._analysis: Analysis | None = None
         self._init_db: str | None = None
         self._resetting = False
-        self._effects = False  # one of the three above is set: see _apply_effects
         # Until the client is authenticated, a login packet is all it may send: keep it small.
         self._reader = codec.PacketReader(max_packet=MAX_LOGIN_PACKET)
         self._nonce = _nonce()
@@ -290,7 +289,6 @@ class ClientConnection(ClientSession):
                     self._pin(effects.pin)
                 if effects.sets or effects.use:
                     self._analysis = effects
-                    self._effects = True
         data = raw if raw is not None else codec.encode_packet(seq, payload)
         if server is not None:
             self._send(server, cmd, data)
@@ -335,14 +333,12 @@ class ClientConnection(ClientSession):
             return True
         if cmd == codec.COM_INIT_DB:
             self._init_db = payload[1:].decode("utf-8", "replace")
-            self._effects = True
         elif cmd == codec.COM_STMT_PREPARE:
             self._pin(PinReason.STMT_PREPARE)
         elif cmd == codec.COM_SET_OPTION:
             self._pin(PinReason.SET_OPTION)
         elif cmd == codec.COM_RESET_CONNECTION:
             self._resetting = True
-            self._effects = True
         return False
 
     def _send(self, server: ServerConnection, cmd: int, data: bytes) -> None:
@@ -455,7 +451,7 @@ class ClientConnection(ClientSession):
         pool.stats.queries += 1
         if status is not None:
             server.status = status
-        if self._effects:
+        if self._analysis is not None or self._init_db is not None or self._resetting:
             self._apply_effects(server, ok)
         now = pool.clock()
         self.idle_since = now
@@ -476,7 +472,6 @@ class ClientConnection(ClientSession):
 
     def _apply_effects(self, server: ServerConnection, ok: bool) -> None:
         """What the finished command changed in the session, if it succeeded."""
-        self._effects = False
         analysis = self._analysis
         if analysis is not None:
             self._analysis = None
