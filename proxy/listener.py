@@ -160,7 +160,7 @@ class ListenerRuntime:
             server.cancels_in_flight -= 1
             if not server.cancels_in_flight and server.release_when_cancelled:
                 server.release_when_cancelled = False
-                server.pool.checkin(server)
+                server.give_back()
 
     def scram_verifier(self, user: str, password: str | None) -> scram.ScramVerifier:
         """Per-user verifier, derived once (PBKDF2 is too slow for every login)."""

@@ -253,6 +253,13 @@ class Pool:
         if server.state is S_CLOSED:
             self._maybe_open()
             return
+        if server.client is not None or not server.reusable():
+            # A bug upstream, never a reason to hand one client's leftovers to another.
+            log.error("%r: checked in while not clean (linked, in a transaction or owing a "
+                      "reply); closing it", server)
+            self._close(server, CloseReason.CLIENT_ABORT)
+            self._maybe_open()
+            return
         if now is None:
             now = self.clock()
         server.last_used = now

@@ -9,6 +9,7 @@ pool from a coroutine. The protocol modules add framing and what their wire need
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 from .errors import ProtocolViolation, ProxyError, ServerConnectionLost, ServerUnavailable
 from .outbox import outbox_for
 from .pool import (
+    C_ACTIVE,
     C_CLOSED,
     C_LOGIN,
     C_WAITING,
@@ -29,6 +31,14 @@ from .pool import (
 )
 
 log = logging.getLogger("poolproxy.session")
+
+
+class LossOutcome(enum.Enum):
+    """What a lost server means for the requests the client had in flight on it."""
+
+    REPLAY = "replay"  # provably did not run: send them to another server
+    NOT_APPLIED = "not_applied"  # did not take effect (or were rolled back): say so
+    UNKNOWN = "unknown"  # may or may not have taken effect: SQLSTATE 08007 / MySQL 2013
 
 S = TypeVar("S", bound="ServerSession")
 
@@ -72,6 +82,12 @@ class ServerSession(asyncio.Protocol):
         self._inbox: deque[tuple[int, bytes]] = deque()
         self._inbox_waiter: asyncio.Future[None] | None = None
         self._lost: BaseException | None = None
+        #: At-most-once evidence, set when the connection is lost: bytes written to it that
+        #: never left poolproxy, and whether the server's first reply to the requests in
+        #: flight was its own "going away" (FATAL 57P01 / ERR 1927 ...), so none of them ran.
+        self.unsent = 0
+        self.gone_first = False
+        self._refused = 0  # bytes write() refused because the connection was closed
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,17 +119,26 @@ class ServerSession(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def lost_now(self) -> None:
+    def lost_now(self, gone_first: bool = False) -> None:
         """The server announced it is going away (or was found closed): close it and handle the
-        loss right now, so no client byte is written to it in between."""
+        loss right now, so no client byte is written to it in between. `gone_first`: its
+        announcement was the first reply to the requests in flight."""
         if self._lost is not None:
             return
         was = self.state
+        self._take_back_unsent()  # before close() flushes the outbox
+        self.gone_first = gone_first
         self.close(CloseReason.SERVER_ERROR)
         self._handle_loss(ConnectionResetError("server is going away"), was)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is None:
+            self._take_back_unsent()
         self._handle_loss(exc or ConnectionResetError("server closed the connection"), self.state)
+
+    def _take_back_unsent(self) -> None:
+        if self.transport is not None:
+            self.unsent = self.outbox.discard(self.transport) + self._refused
 
     def _handle_loss(self, exc: BaseException, was: ServerState) -> None:
         if self._lost is not None:
@@ -146,10 +171,16 @@ class ServerSession(asyncio.Protocol):
                     and not getattr(client, "_paused", False):
                 client.transport.resume_reading()
 
+    def reusable(self) -> bool:
+        """What the server itself can tell about being clean (the pool's last guard): idle,
+        outside any transaction, owing no reply. Protocols refine it."""
+        return True
+
     # ------------------------------------------------------------------ control
     def write(self, data: bytes) -> None:
         transport = self.transport
         if self._lost is not None or transport is None or transport.is_closing():
+            self._refused += len(data)
             raise ServerConnectionLost("server connection lost: the connection is closed")
         self.outbox.write(transport, data)
 
@@ -227,7 +258,6 @@ class ClientSession(asyncio.Protocol):
 
     server: Any
     _throttled: Any
-    replay: list[Any] | None
     _buffer: list[Any]
 
     def __init__(self, listener: Any) -> None:
@@ -249,9 +279,13 @@ class ClientSession(asyncio.Protocol):
         self.wait_started = 0.0
         self.xact_started = 0.0
         self.idle_since = 0.0  # since when no request is outstanding (janitor timeouts)
-        #: What this transaction sent before any reply byte came back: replayed once on a new
-        #: server if the first one turns out dead (None once the reply started).
-        self.replay = None
+        #: At-most-once bookkeeping (effects.py): what was sent to the linked server since all
+        #: earlier requests were answered (None: too much to keep), whether no reply byte came
+        #: back since then, and whether a request on this link was answered already (the server
+        #: then holds this client's session or transaction: never replay elsewhere).
+        self.inflight: list[Any] | None = None
+        self.fresh = False
+        self.answered_on_link = False
         self._retries = 0
         self._broken = False  # our server died inside the client's transaction
         self._buffer = []  # what a waiting client sent, for the server it will get
@@ -298,10 +332,43 @@ class ClientSession(asyncio.Protocol):
             message += f"; opening a server connection failed: {error.message}"
         return ProtocolViolation(message, mysql_errno=mysql_errno)
 
+    def loss_outcome(self, server: Any, in_block: bool) -> LossOutcome:
+        """Our server died with `self.inflight` unanswered: may it be replayed elsewhere, is
+        its outcome unknown, or did it certainly not take effect? (`in_block`: the server was
+        inside a transaction block when these requests went out.)
+
+        A replay needs positive evidence that nothing of it took effect: none of its bytes
+        left poolproxy, or the server's first reply was its own "going away", or it cannot
+        have committed anything (effects.may_have_committed); and the client must not have
+        seen a reply byte nor have state on this server. "No reply yet" is no evidence."""
+        inflight = self.inflight
+        self.inflight = None
+        if inflight is None:
+            applied = True  # too much was in flight to tell
+        elif not inflight:
+            applied = False
+        elif server.unsent >= self._inflight_size(inflight) or server.gone_first:
+            applied = False  # it never reached the server, or the server refused it first
+        else:
+            applied = self._could_commit(inflight, in_block)
+        if applied:
+            return LossOutcome.UNKNOWN
+        if inflight and self.fresh and not self.answered_on_link and not in_block \
+                and self.state is C_ACTIVE and self._may_retry():
+            self.inflight = inflight
+            return LossOutcome.REPLAY
+        return LossOutcome.NOT_APPLIED
+
+    def _inflight_size(self, inflight: list[Any]) -> int:
+        raise NotImplementedError
+
+    def _could_commit(self, inflight: list[Any], in_block: bool) -> bool:
+        raise NotImplementedError
+
     def _may_retry(self) -> bool:
-        """A request no reply byte of which reached the client may go to another server. When
-        the database dropped all pooled connections at once, the next idle one may be dead
-        too: allow enough tries to reach a fresh connection, but never loop."""
+        """A request that provably did not run may go to another server. When the database
+        dropped all pooled connections at once, the next idle one may be dead too: allow
+        enough tries to reach a fresh connection, but never loop."""
         pool = self.pool
         limit = (pool.settings.pool_size + 2) if pool is not None else 1
         if self._retries >= limit:

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..auth import caching_sha2, mysql_native
+from ..effects import Effect, may_have_committed
 from ..errors import (
     AuthFailed,
     FeatureNotSupported,
@@ -24,8 +25,9 @@ from ..errors import (
     UnknownDatabase,
 )
 from ..pool import C_ACTIVE, C_IDLE, C_LOGIN, C_WAITING, CloseReason, Pool
-from ..session import ClientSession, borrow
+from ..session import ClientSession, LossOutcome, borrow
 from . import codec
+from .retry import autocommit_set, command_effects
 from .server import BASE_CAPS
 from .session import Analysis, PinReason, replay_sql, session_effects
 
@@ -66,7 +68,7 @@ class ClientConnection(ClientSession):
 
     server: ServerConnection | None
     _throttled: ServerConnection | None
-    replay: list[tuple[int, bytes]] | None
+    inflight: list[tuple[int, bytes]] | None
     _buffer: list[tuple[int, bytes]]
 
     def __init__(self, listener: ListenerRuntime) -> None:
@@ -81,6 +83,9 @@ class ClientConnection(ClientSession):
         self._analysis: Analysis | None = None
         self._init_db: str | None = None
         self._resetting = False
+        self._lost_outcome = LossOutcome.NOT_APPLIED
+        self._lost_wrote = False  # a write was in flight inside the lost transaction
+        self._lost_words: codec.ErrPacket | None = None
         # Until the client is authenticated, a login packet is all it may send: keep it small.
         self._reader = codec.PacketReader(max_packet=MAX_LOGIN_PACKET)
         self._nonce = _nonce()
@@ -342,9 +347,12 @@ class ClientConnection(ClientSession):
         return False
 
     def _send(self, server: ServerConnection, cmd: int, data: bytes) -> None:
-        replay = self.replay
-        if replay is not None:
-            replay.append((cmd, data))
+        inflight = self.inflight
+        if inflight is not None:
+            if len(inflight) < 64:
+                inflight.append((cmd, data))
+            else:
+                self.inflight = None  # too much to keep: its outcome cannot be judged
         server.start_command(cmd)
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
         if cmd not in _NO_RESPONSE:
@@ -393,7 +401,9 @@ class ClientConnection(ClientSession):
         self.server = server
         server.client = self
         self.state = C_ACTIVE
-        self.replay = []
+        self.inflight = []
+        self.fresh = True
+        self.answered_on_link = False
         buffered, self._buffer = self._buffer, []
         for cmd, data in buffered:
             self._send(server, cmd, data)
@@ -446,6 +456,9 @@ class ClientConnection(ClientSession):
         """The end of a response (`status`: its final status flags, None if it had none; `ok`:
         no ERR): apply tracked state, then release the server if nothing holds it."""
         self.pending = 0
+        self.inflight = []  # everything sent is answered: what follows is new
+        self.fresh = True
+        self.answered_on_link = True
         pool = self.pool
         assert pool is not None
         pool.stats.queries += 1
@@ -496,18 +509,26 @@ class ClientConnection(ClientSession):
                 server.vars = {"names": "NAMES DEFAULT"}
 
     def server_lost(self, server: ServerConnection) -> None:
-        """Our server died while linked (see the PostgreSQL twin): replay once if no reply
-        byte reached the client yet, else answer 2013 and carry on with a new server."""
+        """Our server died while linked (see the PostgreSQL twin): replay what was in flight
+        if it provably did not run, else answer 2013 — saying whether the command may have
+        been applied — and carry on with a new server."""
         self.server = None
         self._autocommit_off = not server.status & _AUTOCOMMIT
+        self._lost_wrote = False
+        if self.inflight:
+            wanted = autocommit_set(self.inflight)
+            if wanted is not None:
+                self._autocommit_off = not wanted
+            self._lost_wrote = Effect.WRITE in command_effects(self.inflight)
         self._resume_server()
-        replay = self.replay
-        self.replay = None
         self.infile = False
-        if replay and self._may_retry() and self.state is C_ACTIVE:
-            log.info("%r: server connection was dead; retrying on a new one", self)
+        outcome = self.loss_outcome(server, server.in_transaction())
+        if outcome is LossOutcome.REPLAY:
+            log.info("%r: server connection was dead; retrying on a new one (nothing had run)",
+                     self)
+            assert self.inflight is not None
             self.state = C_WAITING
-            self._buffer = list(replay)
+            self._buffer = list(self.inflight)
             pool = self.pool
             assert pool is not None
             new = pool.checkout(self)
@@ -516,16 +537,38 @@ class ClientConnection(ClientSession):
             return
         self.state = C_IDLE
         self.idle_since = self.listener.clock()
+        self.fresh = False
+        self._lost_outcome = outcome
+        self._lost_words = server.last_words
         if self.pending:
             self.pending = 0
             self._answer_lost()
         else:
             self._broken = True  # idle in transaction: the next command gets the error
 
+    def _inflight_size(self, inflight: list[tuple[int, bytes]]) -> int:
+        return sum(len(data) for _, data in inflight)
+
+    def _could_commit(self, inflight: list[tuple[int, bytes]], in_block: bool) -> bool:
+        return may_have_committed(command_effects(inflight), in_block)
+
     def _answer_lost(self) -> None:
-        self.fail(ServerConnectionLost(
-            "Lost connection to server during query (the database closed the connection); "
-            "the transaction was rolled back", hint="retry the transaction"), 1, fatal=False)
+        words = self._lost_words
+        said = f" (the server said: {words.message})" if words is not None else ""
+        if self._lost_outcome is LossOutcome.UNKNOWN:
+            error = ServerConnectionLost(
+                "Lost connection to server before the answer arrived: the statement may or may "
+                f"not have been applied{said}",
+                hint="check whether the change was applied before repeating it")
+        else:
+            # Writes inside the block were undone with it, except on tables that have no
+            # transactions (MyISAM, ...): say so rather than promise a rollback.
+            caveat = " (writes to non-transactional tables such as MyISAM are not undone)" \
+                if self._lost_wrote else ""
+            error = ServerConnectionLost(
+                f"Lost connection to server during query{said}; the transaction was rolled "
+                f"back{caveat}", hint="retry the transaction")
+        self.fail(error, 1, fatal=False)
 
     # ------------------------------------------------------------------ teardown
     def _leave_server(self, pool: Pool, server: ServerConnection) -> None:

@@ -33,10 +33,15 @@ BASE_CAPS = (codec.CLIENT_LONG_PASSWORD | codec.CLIENT_LONG_FLAG | codec.CLIENT_
 
 
 #: ERR codes a server sends as it drops the connection: connection killed (MariaDB 1927),
-#: ER_SERVER_SHUTDOWN 1053, ER_CLIENT_INTERACTION_TIMEOUT 4031 (MySQL 8 wait_timeout).
+#: ER_SERVER_SHUTDOWN 1053, ER_CLIENT_INTERACTION_TIMEOUT 4031 (MySQL 8 wait_timeout),
+#: ER_ABORTING_CONNECTION 1152.
 _GOING_AWAY = frozenset((1927, 1053, 4031, 1152))
+#: Those that, as the first reply to a command, show it did not run (shutdown, kill, timeout).
+_DID_NOT_RUN = frozenset((1927, 1053, 4031))
 #: The tracker state after a response taken whole: anything more from the server is an error.
 _FINISHED = ResponseTracker(0, ResponseMode.NO_RESPONSE)
+_NO_RESPONSE = frozenset(cmd for cmd in range(256)
+                         if codec.response_mode_for_command(cmd) is ResponseMode.NO_RESPONSE)
 
 
 class ServerConnection(ServerSession):
@@ -65,8 +70,11 @@ class ServerConnection(ServerSession):
         self.tracker: ResponseTracker | None = None
         self._tracker: ResponseTracker | None = None  # reused for every response
         self._command = codec.COM_QUIT
+        self.awaiting = False  # a command was sent whose response has not ended yet
         self._deprecate_eof = False
         self.params: dict[str, str] | None = None  # pool.server_params marker (version)
+        #: The ERR the server sent as it went away (its own reason), if any.
+        self.last_words: codec.ErrPacket | None = None
         self._reader: codec.PacketReader | None = codec.PacketReader()
 
     def __repr__(self) -> str:
@@ -86,20 +94,24 @@ class ServerConnection(ServerSession):
                 status = codec.scan_query_response(data, self._deprecate_eof)
                 if status >= 0:
                     self.pool.stats.bytes_out += len(data)
-                    client.replay = None
                     self.outbox.write(client.transport, data)
                     self.tracker = _FINISHED
+                    self.awaiting = False
                     client.response_done(self, status, True)
                     return
             tracker = self._arm()
-        if data[4:5] == b"\xff" and len(data) >= 7 and (client.replay is not None
-                                                         or not client.pending):
+        if data[4:5] == b"\xff" and len(data) >= 7 and (client.fresh or not client.pending):
             errno = data[5] | data[6] << 8
             if errno in _GOING_AWAY:
                 # Killed, timed out or shutting down, before any reply reached the client (or
                 # unsolicited): not the client's answer. Treat the server as lost instead.
                 log.info("%r: server is going away (ERR %d)", self, errno)
-                self.lost_now()
+                try:
+                    self.last_words = codec.parse_err(
+                        data[4:4 + (data[0] | data[1] << 8 | data[2] << 16)], self.caps)
+                except (codec.ProtocolError, IndexError, ValueError):
+                    pass
+                self.lost_now(gone_first=client.fresh and errno in _DID_NOT_RUN)
                 return
         try:
             done = tracker.feed_data(data)
@@ -108,9 +120,10 @@ class ServerConnection(ServerSession):
             self.close(CloseReason.SERVER_ERROR)
             return
         self.pool.stats.bytes_out += len(data)
-        client.replay = None  # the reply has started: no transparent retry any more
+        client.fresh = False  # the reply has started: no transparent retry any more
         self.outbox.write(client.transport, data)
         if done:
+            self.awaiting = False
             client.response_done(self, tracker.status_flags, not tracker.failed)
         elif tracker.waiting_for_client:
             client.infile_requested()
@@ -122,6 +135,10 @@ class ServerConnection(ServerSession):
         """The client sends `command`: its response is tracked from its first byte on."""
         self._command = command
         self.tracker = None
+        self.awaiting = command not in _NO_RESPONSE
+
+    def reusable(self) -> bool:
+        return not self.awaiting and not self.in_transaction()
 
     def _arm(self) -> ResponseTracker:
         """Start the (reused) tracker for the response to the current command."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..auth import md5 as md5auth
 from ..auth import scram
 from ..console import ADMIN_DATABASES, Console, ConsoleError
+from ..effects import may_have_committed
 from ..errors import (
     AuthFailed,
     FeatureNotSupported,
@@ -28,7 +29,7 @@ from ..errors import (
     UnknownDatabase,
 )
 from ..pool import C_ACTIVE, C_IDLE, C_LOGIN, C_WAITING, CloseReason, Pool
-from ..session import ClientSession, borrow
+from ..session import ClientSession, LossOutcome, borrow
 from . import codec
 from .codec import (
     MSG_COPY_DONE,
@@ -42,6 +43,7 @@ from .codec import (
     MSG_TERMINATE,
 )
 from .params import SYNC_PARAMS, canonical_param, sync_sql, tracked_lower
+from .retry import request_effects
 from .statements import PinReason, classify
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ class ClientConnection(ClientSession):
 
     server: ServerConnection | None
     _throttled: ServerConnection | None
-    replay: list[bytes] | None
+    inflight: list[bytes] | None
     _buffer: list[bytes]
 
     def __init__(self, listener: ListenerRuntime) -> None:
@@ -85,6 +87,7 @@ class ClientConnection(ClientSession):
         self.syncs_since_exec = 0
         self.statement_mode = False
         self._error_sent = False
+        self._lost_reply = b""  # the ErrorResponse for requests whose server was lost
         self._buffered = 0
         self.scanner = codec.MessageScanner(_FRONTEND_INTERESTING, keep_body=(MSG_QUERY, MSG_PARSE),
                                             max_body=_MAX_ANALYSED, transparent=MSG_FLUSH)
@@ -493,7 +496,7 @@ class ClientConnection(ClientSession):
             # Sync and send ReadyForQuery — instead of running it outside that transaction.
             if not self._error_sent:
                 self._error_sent = True
-                self.send(self._lost_error())
+                self.send(self._lost_reply)
             if self.pending > 0:
                 self.send(codec.ready_for_query(b"I") * self.pending)
                 self._broken = self._error_sent = False
@@ -517,12 +520,12 @@ class ClientConnection(ClientSession):
                 return
             self._link(server)
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
-        replay = self.replay
-        if replay is not None:
-            if len(replay) < 64:
-                replay.append(data)
+        inflight = self.inflight
+        if inflight is not None:
+            if len(inflight) < 64:
+                inflight.append(data)
             else:
-                self.replay = None  # too much to keep: no retry for this one
+                self.inflight = None  # too much to keep: its outcome cannot be judged
         self.outbox.write(server.transport, data)
 
     def _buffer_while_waiting(self, data: bytes) -> None:
@@ -599,7 +602,9 @@ class ClientConnection(ClientSession):
         self.server = server
         server.client = self
         self.state = C_ACTIVE
-        self.replay = []
+        self.inflight = []
+        self.fresh = True
+        self.answered_on_link = False
         self.xact_started = self.pool.clock()  # type: ignore[union-attr]
         # Compare the tracked parameters as one tuple; the diff loop only runs when they differ
         # (after a client changed a setting, or a server last served a client with other ones).
@@ -626,7 +631,7 @@ class ClientConnection(ClientSession):
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
         buffer.clear()
         self._buffered = 0
-        self.replay = [data]
+        self.inflight = [data]
         self.pool.stats.bytes_in += len(data)  # type: ignore[union-attr]
         self.outbox.write(server.transport, data)
         if self._paused:
@@ -661,12 +666,7 @@ class ClientConnection(ClientSession):
         self.server = None
         server.client = None
         self.state = C_IDLE
-        if server.cancels_in_flight:
-            # A cancel for this client's query may still reach the server: never let it hit
-            # the next client's query. The server goes back when the cancel is done.
-            server.release_when_cancelled = True
-            return
-        pool.checkin(server)
+        server.give_back()
 
     def check_statement_mode(self, status: int) -> None:
         if self.statement_mode and status != _I:
@@ -677,16 +677,19 @@ class ClientConnection(ClientSession):
     def server_lost(self, server: ServerConnection) -> None:
         """Our server died while linked to this client.
 
-        Before any reply byte reached the client (a pooled connection the database had
-        dropped), the request is replayed once on a new server: the client never notices.
-        Otherwise the transaction is lost: the client gets 08006 as an ERROR (for the request
-        in flight, or for its next one) and can go on with a new transaction."""
+        If what the client had in flight provably did not run (`loss_outcome`), it is replayed
+        on a new server and the client never notices. Otherwise the client gets an ERROR for
+        the request in flight (or for its next one, if it was idle in a transaction) and goes
+        on with a new server: 08007 when the request may have been applied, else the server's
+        own reason (57P01, 25P03, ...) or 08006, saying the transaction was rolled back."""
         self.server = None
         self._resume_server()
-        replay = self.replay
-        self.replay = None
-        if replay is not None and self.state is C_ACTIVE and self._may_retry():
-            log.info("%r: server connection was dead; retrying on a new one", self)
+        outcome = self.loss_outcome(server, server.tx_status != _I)
+        if outcome is LossOutcome.REPLAY:
+            replay = self.inflight
+            assert replay is not None
+            log.info("%r: server connection was dead; retrying on a new one (nothing had run)",
+                     self)
             self.state = C_WAITING
             self._buffer = replay
             self._buffered = sum(len(chunk) for chunk in replay)
@@ -698,6 +701,8 @@ class ClientConnection(ClientSession):
             return
         self.state = C_IDLE
         self.idle_since = self.listener.clock()
+        self.fresh = False
+        self._lost_reply = _loss_error(server, outcome)
         owed, unsynced = self.pending, self.unsynced
         if owed > 0:
             self._answer_lost(owed)
@@ -705,38 +710,41 @@ class ClientConnection(ClientSession):
             # Extended-protocol messages ended by Flush, not Sync (asyncpg's prepare): no
             # ReadyForQuery is owed yet, but a reply is. Answer as PostgreSQL does after an
             # error: ErrorResponse now, then discard until Sync and answer it with 'Z'.
-            self.send(self._lost_error())
+            self.send(self._lost_reply)
             self._broken = self._error_sent = True
         elif owed == 0:
             self._broken = True  # idle in transaction: the next request gets the error
 
-    @staticmethod
-    def _lost_error() -> bytes:
-        err = ServerConnectionLost(
-            "server connection lost: the database closed the connection during the transaction",
-            hint="the transaction was rolled back; retry it")
-        return codec.error_response(err.sqlstate, err.message, hint=err.hint)
+    def _inflight_size(self, inflight: list[bytes]) -> int:
+        return sum(len(chunk) for chunk in inflight)
+
+    def _could_commit(self, inflight: list[bytes], in_block: bool) -> bool:
+        return may_have_committed(request_effects(inflight), in_block)
 
     def _answer_lost(self, owed: int) -> None:
-        out = self._lost_error()
-        self.send(out + codec.ready_for_query(b"I") * max(owed, 1))
+        self.send(self._lost_reply + codec.ready_for_query(b"I") * max(owed, 1))
         self.pending = 0
         self.unsynced = False
         self.copy_mode = False
 
     # ------------------------------------------------------------------ teardown
     def _leave_server(self, pool: Pool, server: ServerConnection) -> None:
-        if self.scanner.in_message or self.pending > 0 or self.copy_mode or server.swallow:
-            # The server is mid-request for a client that is gone: its state is unknown. Cancel
-            # what it runs (closing alone leaves the backend working until its query ends).
-            if self.pending > 0 and not self.scanner.in_message:
+        """The client left while linked: the server goes back only if everything the client
+        sent it was answered (an unsynced Execute or a Flush batch still produces rows, which
+        would reach the next client); else its state is unknown and it is closed."""
+        answered = not (self.pending > 0 or self.unsynced or self.scanner.in_message
+                        or self.copy_mode or server.swallow)
+        if not answered:
+            # Cancel what it runs (closing alone leaves the backend working until its query
+            # ends), unless the client stopped mid-message: then the server waits for the rest.
+            if not self.scanner.in_message:
                 self.listener.spawn(self.listener.cancel_server(server))
             pool.discard(server, CloseReason.CLIENT_ABORT)
         elif server.tx_status != _I or self.pinned is not None or self.session_mode:
             self.listener.spawn(reset_server(pool, server, rollback=server.tx_status != _I,
                                              discard=self.pinned is not None or self.session_mode))
         else:
-            pool.checkin(server)
+            server.give_back()
 
 
 async def reset_server(pool: Pool, server: ServerConnection, *, rollback: bool, discard: bool) -> None:
@@ -756,7 +764,31 @@ async def reset_server(pool: Pool, server: ServerConnection, *, rollback: bool, 
         log.info("%r: reset failed (%s); closing it", server, exc)
         pool.discard(server, CloseReason.SERVER_ERROR)
         return
-    pool.checkin(server)
+    server.give_back()
+
+
+def _loss_error(server: ServerConnection, outcome: LossOutcome) -> bytes:
+    """The ErrorResponse for requests whose server was lost (see `server_lost`)."""
+    if outcome is LossOutcome.UNKNOWN:
+        return codec.error_response(
+            "08007", "server connection lost before the answer arrived: the statement may or may "
+            "not have been applied",
+            detail="poolproxy had sent the request to the database server when the connection "
+                   "broke; an autocommit statement or COMMIT may have taken effect",
+            hint="check whether the change was applied before repeating it; this session "
+                 "continues on a new server connection")
+    words = server.last_words
+    if words is not None:
+        # The server's own reason, as ERROR: the client keeps its connection to poolproxy.
+        return codec.error_response(
+            words.get("C", "08006"), words.get("M", "server connection ended"),
+            detail=words.get("D"),
+            hint="the server ended its connection and the transaction was rolled back; this "
+                 "session continues on a new server connection")
+    err = ServerConnectionLost(
+        "server connection lost: the database closed the connection during the transaction",
+        hint="the transaction was rolled back; retry it")
+    return codec.error_response(err.sqlstate, err.message, hint=err.hint)
 
 
 def new_cancel_key() -> tuple[int, int]:

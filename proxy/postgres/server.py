@@ -39,6 +39,9 @@ _I = 0x49  # ReadyForQuery status 'I': idle, no transaction
 #: Login errors that pass by themselves: admin shutdown, crash shutdown, cannot connect now,
 #: too many connections.
 _TRANSIENT_LOGIN = frozenset(("57P01", "57P02", "57P03", "53300"))
+#: FATALs that end a session because of a shutdown or a timeout, not because of the request:
+#: as the first reply to a request, evidence that the request did not run.
+_GOING_AWAY = frozenset(("57P01", "57P02", "57P03", "57P05"))
 
 
 def _is_fatal(body: bytes) -> bool:
@@ -69,6 +72,8 @@ class ServerConnection(ServerSession):
         self.tx_status = _I
         self.swallow = 0  # ReadyForQuery messages of our own queries still to drop
         self.cancels_in_flight = 0
+        #: The fields of the FATAL the server sent before closing (its own reason), if any.
+        self.last_words: dict[str, str] | None = None
         self.release_when_cancelled = False
         self.scanner = codec.MessageScanner(
             (MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_COPY_IN, MSG_COPY_BOTH, MSG_ERROR),
@@ -96,9 +101,12 @@ class ServerConnection(ServerSession):
             if self.swallow:
                 return
             stats.bytes_out += len(data)
-            client.replay = None  # the reply has started: no transparent retry any more
+            client.fresh = False  # the reply has started: no transparent retry any more
             self.outbox.write(client.transport, data)
             return
+        #: Offset in this chunk where a reply to the client's current requests would start:
+        #: a FATAL exactly there is the server's first reply to them (-1: already replied).
+        clean_at = 0 if client.fresh else -1
         if self.swallow:
             data, events = self._swallow(data, events)
             if not data:
@@ -108,14 +116,13 @@ class ServerConnection(ServerSession):
             if t == MSG_ERROR and _is_fatal(body):
                 # The server is going away (terminated, shutting down). Never hand its FATAL to
                 # the client, which would drop its own connection: forward what came before,
-                # then treat the server as lost (transparent retry, or 08006 and go on).
+                # then treat the server as lost (replay if nothing ran, else an error).
                 start = end - len(body) - 5
                 if start > 0:
                     stats.bytes_out += start
-                    client.replay = None
                     self.outbox.write(client.transport, data[:start])
-                log.info("%r: server sent FATAL %s: %s", self, *_fatal_text(body))
-                self.lost_now()
+                client.fresh = start == clean_at
+                self._fatal(body, client.fresh)
                 return
             if t == MSG_READY_FOR_QUERY:
                 status = body[0]
@@ -123,6 +130,11 @@ class ServerConnection(ServerSession):
                 client.pending -= 1
                 stats.queries += 1
                 if client.pending <= 0:
+                    if not client.unsynced:
+                        # Everything sent so far is answered: what follows is new.
+                        client.inflight = []
+                        client.answered_on_link = True
+                        clean_at = end
                     if status == _I:
                         release = True
                     else:
@@ -136,11 +148,24 @@ class ServerConnection(ServerSession):
                 self.param_sig = client.param_sig = None
             elif t == MSG_COPY_IN or t == MSG_COPY_BOTH:
                 client.enter_copy_in()
+        # No reply to what is in flight reached the client if the chunk ends where the last
+        # answer to everything before it did.
+        client.fresh = clean_at == len(data)
         stats.bytes_out += len(data)
-        client.replay = None
         self.outbox.write(client.transport, data)
         if release:
             client.maybe_release()
+
+    def _fatal(self, body: bytes, first_reply: bool) -> None:
+        """The server sent FATAL and is closing: keep its words for the client's error, and
+        count it as evidence that nothing in flight ran if it was the first reply to them and
+        a shutdown or timeout caused it (57P01 admin, 57P02 crash, 57P03 cannot connect now,
+        57P05 idle session timeout)."""
+        fields = codec.parse_error_fields(body)
+        self.last_words = fields
+        code = fields.get("C", "?")
+        log.info("%r: server sent FATAL %s: %s", self, code, fields.get("M", ""))
+        self.lost_now(gone_first=first_reply and code in _GOING_AWAY)
 
     def _swallow(self, data: bytes, events: list[tuple[int, bytes, int]]
                  ) -> tuple[bytes, list[tuple[int, bytes, int]]]:
@@ -156,6 +181,11 @@ class ServerConnection(ServerSession):
                     self.client.params[name] = value
                     self.client.param_sig = None
             elif t == MSG_ERROR:
+                if _is_fatal(body):
+                    # Instead of answering our parameter sync: the client's request, queued
+                    # behind it, never ran.
+                    self._fatal(body, True)
+                    return b"", []
                 fields = codec.parse_error_fields(body)
                 log.warning("%r: parameter sync failed: %s", self, fields.get("M"))
             elif t == MSG_READY_FOR_QUERY:
@@ -170,6 +200,18 @@ class ServerConnection(ServerSession):
 
     def _frame(self, data: bytes) -> list[tuple[int, bytes]] | None:
         return None if self._reader is None else self._reader.feed(data)
+
+    def give_back(self) -> None:
+        """Return this (clean, unlinked) server to its pool; while a cancel for the last
+        client's query may still reach it, wait for that first, so it can never hit the next
+        client's query."""
+        if self.cancels_in_flight:
+            self.release_when_cancelled = True
+            return
+        self.pool.checkin(self)
+
+    def reusable(self) -> bool:
+        return self.tx_status == _I and not self.swallow and not self.scanner.in_message
 
     # ------------------------------------------------------------------ login
     async def _login(self) -> None:

@@ -49,6 +49,11 @@ class FakeServer:
         self.check_result: Any = True
         self.check_gate: asyncio.Event | None = None
         self.checks: list[float] = []  # the timeout passed to each health_check call
+        self.client: Any = None
+        self.clean = True  # what reusable() answers (the pool's last guard)
+
+    def reusable(self) -> bool:
+        return self.clean
 
     async def health_check(self, timeout: float) -> bool:
         self.checks.append(timeout)

@@ -1160,15 +1160,6 @@ def test_annotated_example_mentions_every_defaults_key() -> None:
             assert "#" in line, line
 
 
-def test_design_example_parses() -> None:
-    design = Path("/work/shared/DESIGN.md")
-    if not design.exists():
-        pytest.skip("DESIGN.md not available")
-    text = design.read_text().split("```yaml", 1)[1].split("```", 1)[0]
-    c = parse(text, {"APP_DB_PASSWORD": "design-pw"})
-    assert [lst.name for lst in c.listeners] == ["pg", "mysql"]
-
-
 def test_summary_lists_everything_but_passwords() -> None:
     text = dedent(
         """

@@ -112,3 +112,80 @@ def test_one_outbox_per_loop(loop: Any) -> None:
         assert outbox_for(loop) is not outbox_for(other)
     finally:
         other.close()
+
+
+def test_discard_takes_back_what_never_left(loop: Any) -> None:
+    """At-most-once evidence: bytes still queued for a lost transport, and bytes the last flush
+    could not write because the transport was closed, never left; others' writes stay."""
+    log: list[tuple[str, bytes]] = []
+    dead, alive = Recorder(log, "dead"), Recorder(log, "alive")
+
+    async def main() -> tuple[int, int, int]:
+        box = Outbox(asyncio.get_running_loop())
+        box.write(dead, b"12345")
+        box.write(alive, b"x")
+        box.write(dead, b"678")
+        queued = box.discard(dead)  # lost while the batch was still queued
+        box.write(dead, b"abc")
+        dead.closed = True  # closed before the flush: uvloop refuses the write
+        box.flush()
+        refused = box.discard(dead)
+        again = box.discard(dead)  # counted once
+        return queued, refused, again
+
+    assert loop.run_until_complete(main()) == (8, 3, 0)
+    assert log == [("alive", b"x")]
+
+
+def test_discard_after_a_later_flush_counts_nothing(loop: Any) -> None:
+    log: list[tuple[str, bytes]] = []
+    dead = Recorder(log, "dead", closed=True)
+
+    async def main() -> int:
+        box = Outbox(asyncio.get_running_loop())
+        box.write(dead, b"12345")
+        box.flush()
+        box.write(Recorder(log, "other"), b"y")
+        box.flush()  # a new batch: what the old one refused is forgotten
+        return box.discard(dead)
+
+    assert loop.run_until_complete(main()) == 0
+
+
+def test_uvloop_refuses_writes_to_a_transport_whose_peer_reset() -> None:
+    """The evidence `discard` relies on: once uvloop has seen a connection reset, the transport
+    refuses writes with RuntimeError (the bytes do not leave), before connection_lost runs."""
+    async def main() -> tuple[bool, str]:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[Any] = loop.create_future()
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set_result(writer)
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        lost: asyncio.Future[None] = loop.create_future()
+
+        class Proto(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(None)
+
+        transport, _ = await loop.create_connection(Proto, "127.0.0.1", port)
+        peer = await accepted
+        sock = peer.get_extra_info("socket")
+        import socket
+        import struct
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # RST
+        await lost
+        box = Outbox(loop)
+        box.write(transport, b"request")
+        box.flush()
+        server.close()
+        return transport.is_closing(), str(box.discard(transport))
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) == (True, "7")
+    finally:
+        loop.close()

@@ -69,6 +69,28 @@ def test_waiters_are_served_fifo() -> None:
     run(main)
 
 
+@pytest.mark.parametrize("why", ["owes_a_reply", "still_linked"])
+def test_checkin_never_hands_out_a_server_that_is_not_clean(why: str) -> None:
+    """The pool's last guard: a server that owes a reply (or is still linked to a client) is
+    closed, and the waiter gets a new connection instead of the last client's leftovers."""
+    async def main() -> None:
+        pool, connect, _ = make_pool(pool_size=1)
+        (server,) = await fill_idle(pool, 1)
+        assert pool.checkout(FakeWaiter("holder")) is server
+        waiter = FakeWaiter()
+        assert pool.checkout(waiter) is None
+        if why == "owes_a_reply":
+            server.clean = False
+        else:
+            server.client = object()
+        pool.checkin(server)
+        assert server.closed_with == [CloseReason.CLIENT_ABORT]
+        await settle()
+        assert waiter.server is not None and waiter.server is not server
+        assert connect.calls == 2
+    run(main)
+
+
 def test_waiter_is_served_on_checkin_without_opening() -> None:
     async def main() -> None:
         pool, connect, _ = make_pool(pool_size=1)
