@@ -4,6 +4,20 @@
 child process on 127.0.0.1:<free port> (as the ``mysql`` system user when we are root), and
 creates the users and databases the tests use. No option file of the machine is read
 (``--no-defaults``), so a system MariaDB on :3306 is neither used nor disturbed.
+
+TLS (optional; the defaults are untouched): ``MariaDbServer.create(basedir, tls=pki)`` starts
+with ``ssl_cert``/``ssl_key``/``ssl_ca`` from ``tests.harness.certs.make_pki``;
+``server.enable_tls(pki)`` does it to an existing server (a restart the first time; later calls,
+e.g. ``enable_tls(pki, server_cert=pki.expired)``, swap the certificate with ``FLUSH SSL``).
+Two users only TLS reaches, both with ``GRANT ALL ON app.*``: ``app_tls`` (``TLS_PASSWORD``,
+``REQUIRE SSL``) and ``app_x509`` (``X509_PASSWORD``, ``REQUIRE X509``: a client certificate
+signed by ``pki.ca``). ``server.connect_tls()`` connects with PyMySQL and
+``ssl={"ca": pki.ca}`` (certificate and host name checked; ``app_x509`` also sends its client
+certificate). Note that PyMySQL 1.2 uses TLS by itself whenever the server offers it ("preferred",
+no certificate check): a plaintext connection needs ``ssl_disabled=True``, as in
+``server.connect(TLS_USER, TLS_PASSWORD, "app", ssl_disabled=True)`` (refused: 1045). Use a
+server of your own for TLS (``create`` takes about a second) rather than
+restarting the shared ``mariadb_server``.
 """
 
 from __future__ import annotations
@@ -14,7 +28,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .pgserver import (
     ServiceUser,
@@ -26,6 +40,9 @@ from .pgserver import (
 )
 from .ports import free_port
 from .procs import poll, read_log, stop_process
+
+if TYPE_CHECKING:
+    from .certs import CertKey, Pki, ServerFiles
 
 BASE_SETTINGS: dict[str, str] = {
     "skip-name-resolve": "1",
@@ -42,6 +59,12 @@ BASE_SETTINGS: dict[str, str] = {
 }
 
 _APP_USERS = {"app": "app-secret", "app2": "app2-secret"}
+
+#: Users only TLS reaches (see the module doc); created by create(tls=...) / enable_tls().
+TLS_USER = "app_tls"
+TLS_PASSWORD = "tls-secret"
+X509_USER = "app_x509"
+X509_PASSWORD = "x509-secret"
 
 
 def _binary(*names: str) -> str:
@@ -77,21 +100,34 @@ class MariaDbServer:
         self.service_user = user
         self.settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
+        #: Set by enable_tls(): the certificates in use and the server's copies of its files.
+        self.pki: Pki | None = None
+        self.tls_files: ServerFiles | None = None
         atexit.register(self._stop_at_exit)
 
     # -- lifecycle
 
     @classmethod
-    def create(cls, basedir: Path, settings: dict[str, str] | None = None) -> MariaDbServer:
-        """mariadb-install-db + start + create users/databases; returns a running server."""
+    def create(
+        cls, basedir: Path, settings: dict[str, str] | None = None, *, tls: Pki | None = None,
+        server_cert: CertKey | None = None,
+    ) -> MariaDbServer:
+        """mariadb-install-db + start + create users/databases; returns a running server.
+
+        ``tls``: start with TLS on and the TLS-only users (see the module doc);
+        ``server_cert``: the certificate to present instead of ``tls.server``."""
         user = service_user("mysql")
         port = free_port()
         rootdir = prepare_dir(Path(basedir) / f"mariadb-{port}", user)
         server = cls(rootdir, port, user, dict(settings or {}))
         server._install_db()
+        if tls is not None:
+            server._install_tls(tls, server_cert)
         server.start()
         try:
             server._bootstrap()
+            if tls is not None:
+                server._bootstrap_tls()
         except Exception:
             server.stop()
             raise
@@ -179,6 +215,38 @@ class MariaDbServer:
         """The server's error log."""
         return read_log(self.logfile)
 
+    # -- TLS (optional; see the module doc)
+
+    def enable_tls(self, pki: Pki, server_cert: CertKey | None = None) -> None:
+        """Turn TLS on (restarting a running server that has none yet) or swap the certificate
+        (``FLUSH SSL``, no restart), then create the TLS-only users."""
+        had_tls = self.tls_files is not None
+        self._install_tls(pki, server_cert)
+        if not self.is_running():
+            return
+        if had_tls:
+            self._bootstrap_tls("FLUSH SSL")
+        else:
+            self.restart()
+            self._bootstrap_tls()
+
+    def connect_tls(self, user: str = TLS_USER, password: str | None = None,
+                    database: str | None = "app", *, client_cert: bool | None = None,
+                    **kwargs: Any) -> Any:
+        """A PyMySQL connection over TLS that checks the certificate and host name against the
+        test CA; ``client_cert`` (default: for ``X509_USER``) also sends the user's client
+        certificate. The passwords of the TLS users are filled in."""
+        if self.pki is None:
+            raise RuntimeError("TLS is not enabled on this server (create(tls=...) / enable_tls)")
+        if password is None:
+            password = {TLS_USER: TLS_PASSWORD, X509_USER: X509_PASSWORD}.get(user, "")
+        ssl_args: dict[str, Any] = {"ca": str(self.pki.ca)}
+        if client_cert or (client_cert is None and user == X509_USER):
+            pair = self.pki.client(user)
+            ssl_args.update(cert=str(pair.cert), key=str(pair.key))
+        ssl_args.update(kwargs.pop("ssl", None) or {})
+        return self.connect(user, password, database, ssl=ssl_args, **kwargs)
+
     def __repr__(self) -> str:
         return f"<MariaDbServer {self.host}:{self.port} {self.datadir}>"
 
@@ -247,6 +315,39 @@ class MariaDbServer:
                         f"GRANT CREATE ON *.* TO '{name}'@'%'",
                     ]
                 statements.append("FLUSH PRIVILEGES")
+                for sql in statements:
+                    cur.execute(sql)
+        finally:
+            conn.close()
+
+    def _install_tls(self, pki: Pki, server_cert: CertKey | None) -> None:
+        from .certs import install_server_files
+
+        user = self.service_user
+        self.tls_files = install_server_files(
+            self.rootdir / "tls", pki.ca, server_cert or pki.server,
+            owner=(user.uid, user.gid) if user is not None else None)
+        self.pki = pki
+        self.settings.update({
+            "ssl-cert": str(self.tls_files.cert),
+            "ssl-key": str(self.tls_files.key),
+            "ssl-ca": str(self.tls_files.ca),
+        })
+
+    def _bootstrap_tls(self, *first: str) -> None:
+        statements = list(first)
+        for name, password, require in ((TLS_USER, TLS_PASSWORD, "SSL"),
+                                        (X509_USER, X509_PASSWORD, "X509")):
+            statements += [
+                f"CREATE USER IF NOT EXISTS '{name}'@'%' IDENTIFIED VIA mysql_native_password"
+                f" USING PASSWORD('{password}') REQUIRE {require}",
+                f"GRANT ALL ON app.* TO '{name}'@'%'",
+            ]
+        # One plaintext connection: PyMySQL would otherwise negotiate TLS (and load the system
+        # trust store) for every statement.
+        conn = self.connect(ssl_disabled=True)
+        try:
+            with conn.cursor() as cur:
                 for sql in statements:
                     cur.execute(sql)
         finally:

@@ -5,6 +5,24 @@ authentication methods the proxy must handle (trust, md5, scram-sha-256), starts
 the roles and databases the tests use. PostgreSQL refuses to run as root, so when the tests run
 as root the server runs as the ``postgres`` system user (or a ``poolproxy-test`` user created on
 the fly). This module also holds the small helpers the MariaDB harness shares.
+
+TLS (optional; the defaults above are untouched): ``PgServer.create(basedir, tls=pki)`` starts a
+server with ``ssl = on``, and ``server.enable_tls(pki)`` turns it on in a running server (files
++ config + ``pg_reload_conf()``; no restart). ``pki`` comes from ``tests.harness.certs.make_pki``.
+The server presents ``pki.server`` (or ``server_cert=``, e.g. ``pki.expired``, to test a client's
+refusal), trusts ``pki.ca`` for client certificates, and gets two roles only TLS reaches::
+
+    hostssl   all app_tls  127.0.0.1/32 scram-sha-256   # TLS_USER / TLS_PASSWORD
+    hostnossl all app_tls  127.0.0.1/32 reject
+    hostssl   all app_cert 127.0.0.1/32 cert            # CERT_USER: client certificate, CN=app_cert
+    hostnossl all app_cert 127.0.0.1/32 reject
+
+Both may use database ``app``. Every other rule stays as above. Connect with
+``psycopg.connect(server.tls_dsn())`` (sslmode=verify-full, sslrootcert=pki.ca; for
+``app_cert`` also sslcert/sslkey) or ``server.dsn(..., sslmode="require")`` (extra conninfo
+keywords); ``server.presented_certificate()`` is the DER certificate it currently presents.
+Use a server of your own for TLS (a module fixture; ``create`` takes about a second) rather
+than the shared ``pg_server``, whose pg_hba.conf other tests check.
 """
 
 from __future__ import annotations
@@ -21,10 +39,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ports import free_port
 from .procs import poll, read_log
+
+if TYPE_CHECKING:
+    from .certs import CertKey, Pki, ServerFiles
 
 FALLBACK_SERVICE_USER = "poolproxy-test"
 
@@ -37,6 +58,18 @@ host all postgres 127.0.0.1/32 trust
 host all app_md5 127.0.0.1/32 md5
 host all app_trust 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
+"""
+
+#: Roles that only TLS reaches (see the module doc); created by create(tls=...) / enable_tls().
+TLS_USER = "app_tls"
+TLS_PASSWORD = "tls-secret"
+CERT_USER = "app_cert"
+
+PG_HBA_TLS = f"""\
+hostssl all {TLS_USER} 127.0.0.1/32 scram-sha-256
+hostnossl all {TLS_USER} 127.0.0.1/32 reject
+hostssl all {CERT_USER} 127.0.0.1/32 cert
+hostnossl all {CERT_USER} 127.0.0.1/32 reject
 """
 
 BASE_SETTINGS: dict[str, str] = {
@@ -219,22 +252,35 @@ class PgServer:
         self.service_user = user
         self.bindir = pg_bindir()
         self._running = False
+        #: Set by enable_tls(): the certificates in use and the server's copies of its files.
+        self.pki: Pki | None = None
+        self.tls_files: ServerFiles | None = None
         atexit.register(self._stop_at_exit)
 
     # -- lifecycle
 
     @classmethod
-    def create(cls, basedir: Path, settings: dict[str, str] | None = None) -> PgServer:
-        """initdb + configure + start + create roles and databases; returns a running server."""
+    def create(
+        cls, basedir: Path, settings: dict[str, str] | None = None, *, tls: Pki | None = None,
+        server_cert: CertKey | None = None,
+    ) -> PgServer:
+        """initdb + configure + start + create roles and databases; returns a running server.
+
+        ``tls``: start with TLS on and the TLS-only roles (see the module doc);
+        ``server_cert``: the certificate to present instead of ``tls.server``."""
         user = service_user("postgres")
         port = free_port()
         rootdir = prepare_dir(Path(basedir) / f"pg-{port}", user)
         server = cls(rootdir, port, user)
         server._initdb()
         server._configure(settings or {})
+        if tls is not None:
+            server._install_tls(tls, server_cert)
         server.start()
         try:
             server._bootstrap()
+            if tls is not None:
+                server._bootstrap_tls()
         except Exception:
             server.stop("immediate")
             raise
@@ -277,9 +323,10 @@ class PgServer:
 
     def dsn(
         self, user: str = "postgres", password: str | None = None, dbname: str = "postgres",
-        port: int | None = None, host: str | None = None,
+        port: int | None = None, host: str | None = None, **params: str,
     ) -> str:
-        """A libpq conninfo string (``port``/``host`` default to this server's)."""
+        """A libpq conninfo string (``port``/``host`` default to this server's); ``params``
+        are further conninfo keywords (``sslmode="require"``, ``sslrootcert=...``)."""
         parts = {
             "host": host or self.host,
             "port": str(port if port is not None else self.port),
@@ -288,6 +335,7 @@ class PgServer:
         }
         if password is not None:
             parts["password"] = password
+        parts.update({k: str(v) for k, v in params.items()})
         return " ".join(f"{k}={_quote_conninfo(v)}" for k, v in parts.items())
 
     def execute(self, sql: str, params: tuple = (), dbname: str = "postgres") -> list[tuple]:
@@ -320,6 +368,76 @@ class PgServer:
     def log_text(self) -> str:
         """The server log (postgresql.log)."""
         return read_log(self.logfile)
+
+    # -- TLS (optional; see the module doc)
+
+    def enable_tls(self, pki: Pki, server_cert: CertKey | None = None,
+                   timeout: float = 10.0) -> None:
+        """Turn TLS on (or swap the certificate it presents): install the files, set ``ssl``
+        and the TLS-only pg_hba rules, reload, and create the TLS roles. On a running server
+        this returns once new connections get the new certificate; on a stopped one it takes
+        effect at the next start."""
+        self._install_tls(pki, server_cert)
+        if not self._running:
+            return
+        self.execute("SELECT pg_reload_conf()")
+        assert self.tls_files is not None
+        expected = _pem_to_der(self.tls_files.cert)
+        presented = poll(self._presented_or_none, lambda der: der == expected, timeout)
+        if presented != expected:
+            raise RuntimeError(
+                f"PostgreSQL on port {self.port} does not present the new certificate after "
+                f"pg_reload_conf():\n{log_tail(self.logfile)}")
+        self._bootstrap_tls()
+
+    def tls_dsn(
+        self, user: str = TLS_USER, password: str | None = None, dbname: str = "app",
+        sslmode: str = "verify-full", client_cert: bool | None = None, **params: str,
+    ) -> str:
+        """A conninfo for a TLS connection: ``sslrootcert`` is the test CA (for the verify-*
+        modes); the password of
+        ``TLS_USER`` is filled in; ``client_cert`` (default: for ``CERT_USER``) adds the
+        user's client certificate from the pki (``sslcert``/``sslkey``)."""
+        if self.pki is None:
+            raise RuntimeError("TLS is not enabled on this server (create(tls=...) / enable_tls)")
+        if password is None and user == TLS_USER:
+            password = TLS_PASSWORD
+        extra: dict[str, str] = {"sslmode": sslmode}
+        if sslmode.startswith("verify"):
+            # Only then: libpq checks the certificate under sslmode=require too when it is given
+            # a root certificate (its legacy rule), which would make require mean verify-ca.
+            extra["sslrootcert"] = str(self.pki.ca)
+        if client_cert or (client_cert is None and user == CERT_USER):
+            pair = self.pki.client(user)
+            extra.update(sslcert=str(pair.cert), sslkey=str(pair.key))
+        extra.update(params)
+        return " ".join([self.dsn(user, password, dbname),
+                         *(f"{k}={_quote_conninfo(v)}" for k, v in extra.items())])
+
+    def presented_certificate(self, timeout: float = 5.0) -> bytes:
+        """The DER certificate a TLS client gets now (SSLRequest, then a handshake that checks
+        nothing)."""
+        import socket
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            sock.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # SSLRequest
+            answer = sock.recv(1)
+            if answer != b"S":
+                raise RuntimeError(f"PostgreSQL answered SSLRequest with {answer!r}")
+            with ctx.wrap_socket(sock) as tls_sock:
+                der = tls_sock.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    def _presented_or_none(self) -> bytes | None:
+        try:
+            return self.presented_certificate()
+        except (OSError, RuntimeError):
+            return None
 
     def __repr__(self) -> str:
         return f"<PgServer {self.host}:{self.port} {self.datadir}>"
@@ -382,6 +500,48 @@ class PgServer:
         with psycopg.connect(self.dsn(dbname="app"), autocommit=True) as conn:
             conn.execute("GRANT ALL ON SCHEMA public TO app_md5, app_trust, app2")
 
+    def _install_tls(self, pki: Pki, server_cert: CertKey | None) -> None:
+        from .certs import install_server_files
+
+        user = self.service_user
+        self.tls_files = install_server_files(
+            self.rootdir / "tls", pki.ca, server_cert or pki.server,
+            owner=(user.uid, user.gid) if user is not None else None)
+        self.pki = pki
+        settings = {
+            "ssl": "on",
+            "ssl_cert_file": str(self.tls_files.cert),
+            "ssl_key_file": str(self.tls_files.key),
+            "ssl_ca_file": str(self.tls_files.ca),
+            "ssl_min_protocol_version": "TLSv1.2",
+        }
+        lines = ["", "# poolproxy test harness: TLS"]
+        for key, value in settings.items():
+            lines.append(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'")
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write("\n".join(lines) + "\n")
+        hba = self.datadir / "pg_hba.conf"
+        text = hba.read_text()
+        if PG_HBA_TLS not in text:
+            hba.write_text(PG_HBA_TLS + text)
+
+    def _bootstrap_tls(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            for name, password in ((TLS_USER, TLS_PASSWORD), (CERT_USER, None)):
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+                if exists.fetchone() is not None:
+                    continue
+                conn.execute("SET password_encryption = 'scram-sha-256'")
+                if password is None:
+                    conn.execute(f"CREATE ROLE {name} LOGIN")
+                else:
+                    conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+                conn.execute(f"GRANT ALL ON DATABASE app TO {name}")
+        with psycopg.connect(self.dsn(dbname="app"), autocommit=True) as conn:
+            conn.execute(f"GRANT ALL ON SCHEMA public TO {TLS_USER}, {CERT_USER}")
+
     def _stop_at_exit(self) -> None:
         # Safety net for interrupted sessions: never leave a postmaster running.
         if self._running:
@@ -389,3 +549,9 @@ class PgServer:
                 self.stop("immediate")
             except Exception:
                 pass
+
+
+def _pem_to_der(path: Path) -> bytes:
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(path.read_text())
