@@ -1,7 +1,9 @@
-"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz and /pools (JSON).
+"""Admin HTTP server: / (the status page), /status.json (its data), /metrics (Prometheus text),
+/healthz, /readyz and /pools (JSON).
 
 A deliberately small HTTP/1.1 implementation on asyncio streams: it serves a handful of GET
-requests from Prometheus and probes, so it needs no framework.
+requests from Prometheus, probes and the status page, so it needs no framework. The page is
+served with a Content-Security-Policy that lets it load nothing but itself and status.json.
 """
 
 from __future__ import annotations
@@ -14,17 +16,30 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .statuspage import PAGE
+
 log = logging.getLogger("poolproxy.admin")
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+HTML = "text/html; charset=utf-8"
+JSON = "application/json"
+#: The status page runs its inline script and style, fetches status.json, and nothing else.
+_PAGE_HEADERS = ("Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+                 "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+                 "base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n"
+                 "X-Content-Type-Options: nosniff\r\n")
+_PAGE = PAGE.encode()
 
 
 class AdminServer:
     def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool],
-                 pools: Callable[[], list[dict[str, Any]]]) -> None:
+                 pools: Callable[[], list[dict[str, Any]]],
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.registry = registry
         self.ready = ready
         self.pools = pools
+        #: The status page's data (/status.json); None: not served by this server itself.
+        self.status = status
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -55,6 +70,8 @@ class AdminServer:
                 status, ctype, body = await self.respond(method, target.split("?", 1)[0])
                 head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
                         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                        "Cache-Control: no-store\r\n"
+                        f"{_PAGE_HEADERS if ctype == HTML else ''}"
                         f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
                 writer.write(head.encode() + (body if method != "HEAD" else b""))
                 await writer.drain()
@@ -80,5 +97,9 @@ class AdminServer:
                 return 200, "text/plain", b"ready\n"
             return 503, "text/plain", b"not ready\n"
         if path == "/pools":
-            return 200, "application/json", json.dumps(self.pools(), indent=1).encode() + b"\n"
+            return 200, JSON, json.dumps(self.pools(), indent=1).encode() + b"\n"
+        if path in ("/", "/index.html"):
+            return 200, HTML, _PAGE
+        if path == "/status.json" and self.status is not None:
+            return 200, JSON, json.dumps(self.status(), separators=(",", ":")).encode()
         return 404, "text/plain", b"not found\n"

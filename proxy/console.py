@@ -1,8 +1,25 @@
-"""The PgBouncer-compatible admin console: SHOW POOLS|STATS|SERVERS|CLIENTS|DATABASES|CONFIG|
-VERSION, RELOAD, PAUSE [db], RESUME [db], SHUTDOWN, over PostgreSQL's simple query protocol.
+"""The PgBouncer-compatible admin console: SHOW HELP|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|
+SERVERS|CLIENTS|DATABASES|CONFIG|VERSION|LISTS, RELOAD, PAUSE [db], RESUME [db], SHUTDOWN, over
+PostgreSQL's simple query protocol.
 
 Column names follow PgBouncer's, so pgbouncer_exporter and operators' habits carry over; pools of
 both protocols are listed (a trailing `listener` column tells them apart).
+
+SHOW STATS: the `total_*` columns are the live counters since the pool was created. The `avg_*`
+columns are computed as PgBouncer's src/stats.c computes them: every stats period (PgBouncer's
+`stats_period`, 60 s) `StatsPeriods.refresh` snapshots every pool's counters, keeping the last two
+snapshots ("newer" and "older"); an average is (live counter - older snapshot) / (now - time of
+the older snapshot), so it covers the last one to two stats periods. `avg_xact_count`,
+`avg_query_count`, `avg_recv` and `avg_sent` are per second; `avg_xact_time` and
+`avg_query_time` are microseconds per transaction / query in that window, `avg_wait_time`
+microseconds per server assignment (PgBouncer >= 1.21). Before the first refresh the window starts
+one second before the process did, as in PgBouncer (`stats_setup`).
+
+Testing knob: the environment variable POOLPROXY_STATS_PERIOD (seconds, default 60) shortens the
+stats period, so tests need not wait a minute. It is not a config key on purpose.
+
+The console reaches the running process only through `Operations`, which `proxy.daemon.Daemon`
+implements structurally (this module never imports the daemon).
 """
 
 from __future__ import annotations
@@ -12,21 +29,34 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
-from .config import format_duration
-from .pool import ClientState, Pool, ServerState
+from .config import Config, format_duration
+from .pool import ClientState, Clock, Pool, ServerState
 from .postgres import codec
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .listener import ListenerRuntime
+    from .workers import WorkerContext
 
 log = logging.getLogger("poolproxy.console")
 
 TEXT, INT8, NUMERIC = 25, 20, 1700
 ADMIN_DATABASES = frozenset(("poolproxy", "pgbouncer"))
+
+#: PgBouncer's default stats_period (seconds).
+DEFAULT_STATS_PERIOD = 60.0
+STATS_PERIOD_ENV = "POOLPROXY_STATS_PERIOD"
+
+#: SHOW HELP's text, laid out as PgBouncer's (a NOTICE "Console usage" with this as DETAIL).
+HELP = ("\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|VERSION|LISTS"
+        "\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES"
+        "\n\tRELOAD"
+        "\n\tPAUSE [<db>]"
+        "\n\tRESUME [<db>]"
+        "\n\tSHUTDOWN")
 
 
 class ConsoleError(Exception):
@@ -47,12 +77,134 @@ def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
 
 
-class Console:
-    """Executes console commands against the running daemon."""
+def _notice(message: str, detail: str) -> bytes:
+    """A NoticeResponse with a DETAIL field (what PgBouncer's SHOW HELP sends)."""
+    fields = [b"S" + codec.cstr("NOTICE"), b"V" + codec.cstr("NOTICE"), b"C" + codec.cstr("00000"),
+              b"M" + codec.cstr(message), b"D" + codec.cstr(detail)]
+    return codec.message(b"N", b"".join(fields) + b"\x00")
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.started = time.time()
+
+# ---------------------------------------------------------------------- stats periods
+
+#: Counters of one pool, in SHOW STATS order: transactions, queries, bytes received (client to
+#: server), bytes sent, transaction time, query time (seconds), wait time (seconds), server
+#: assignments (times a client got a server, waiting or not).
+Counters = tuple[float, float, float, float, float, float, float, float]
+ZERO: Counters = (0, 0, 0, 0, 0.0, 0.0, 0.0, 0)
+
+
+def pool_counters(pool: Pool) -> Counters:
+    st = pool.stats
+    # poolproxy does not time single queries: like the total_query_time column has always
+    # done, the query time is the time servers were held (the transaction time).
+    return (st.transactions, st.queries, st.bytes_in, st.bytes_out, st.xact_time_total,
+            st.xact_time_total, st.wait_time_total, st.wait_count)
+
+
+def stats_period_from_env() -> float:
+    raw = os.environ.get(STATS_PERIOD_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_STATS_PERIOD
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; using %gs", STATS_PERIOD_ENV, raw,
+                    DEFAULT_STATS_PERIOD)
+        return DEFAULT_STATS_PERIOD
+    return value if value > 0 else DEFAULT_STATS_PERIOD
+
+
+def averages(cur: Sequence[float], old: Sequence[float], duration: float) -> list[int]:
+    """PgBouncer's calc_average: rates per second over `duration` for the counts and bytes,
+    microseconds per transaction / query / server assignment for the times. In SHOW STATS
+    order: avg_xact_count, avg_query_count, avg_recv, avg_sent, avg_xact_time, avg_query_time,
+    avg_wait_time (all 0 when `duration` is not positive)."""
+    if duration <= 0:
+        return [0] * 7
+    xacts, queries, rx, tx, xtime, qtime, wtime, assigned = (
+        max(0.0, c - o) for c, o in zip(cur, old, strict=True))
+    return [int(xacts / duration), int(queries / duration), int(rx / duration),
+            int(tx / duration), _us(xtime / xacts) if xacts else 0,
+            _us(qtime / queries) if queries else 0, _us(wtime / assigned) if assigned else 0]
+
+
+class StatsPeriods:
+    """The last two stats-period snapshots of every pool's counters (PgBouncer's
+    `newer_stats` / `older_stats` and `new_stamp` / `old_stamp`, rotated by `refresh_stats`).
+
+    `run()` refreshes every `period` seconds; `refresh(now)` is what tests call with a fake
+    clock. Only counters the pools already keep are read, never on the per-query path."""
+
+    def __init__(self, pools: Callable[[], Iterable[Pool]], clock: Clock = time.monotonic,
+                 period: float | None = None) -> None:
+        self.pools = pools
+        self.clock = clock
+        self.period = period if period is not None else stats_period_from_env()
+        now = clock()
+        self.new_stamp = now
+        self.old_stamp = now - 1.0  # as PgBouncer's stats_setup: never divide by ~0
+        # id(pool) -> (pool, counters): the pool is kept to tell a reused id from its owner.
+        self.newer: dict[int, tuple[Pool, Counters]] = {}
+        self.older: dict[int, tuple[Pool, Counters]] = {}
+
+    def refresh(self, now: float | None = None) -> None:
+        self.old_stamp = self.new_stamp
+        self.new_stamp = self.clock() if now is None else now
+        self.older = self.newer
+        self.newer = {id(p): (p, pool_counters(p)) for p in self.pools()}
+
+    def older_of(self, pool: Pool) -> Counters:
+        """`pool`'s counters at the older snapshot (zero for a pool created since then)."""
+        entry = self.older.get(id(pool))
+        return entry[1] if entry is not None and entry[0] is pool else ZERO
+
+    def window(self, now: float | None = None) -> float:
+        """The averages' window: from the older snapshot to now."""
+        return (self.clock() if now is None else now) - self.old_stamp
+
+    async def run(self) -> None:
+        due = self.new_stamp
+        while True:
+            due += self.period
+            await asyncio.sleep(max(0.0, due - self.clock()))
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("stats refresh failed")
+            due = max(due, self.new_stamp - self.period)  # a stalled loop does not catch up
+
+
+class Operations(Protocol):
+    """What the console needs of the running process (`proxy.daemon.Daemon` has all of it)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def listeners(self) -> list[ListenerRuntime]: ...
+
+    @property
+    def worker(self) -> WorkerContext | None: ...
+
+    @property
+    def paused_databases(self) -> set[str]: ...
+
+    @property
+    def started(self) -> float:
+        """When the process started (time.time())."""
+        ...
+
+    @property
+    def stats_periods(self) -> StatsPeriods: ...
+
+    def reload(self) -> bool: ...
+
+    def request_stop(self) -> None: ...
+
+
+class Console:
+    """Executes console commands against the running process."""
+
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
 
     # ------------------------------------------------------------------ dispatch
     async def execute(self, sql: str) -> bytes:
@@ -70,28 +222,31 @@ class Console:
         arg = words[1] if len(words) > 1 else ""
         if verb == "SHOW":
             what = arg.upper()
+            if what == "HELP":
+                return _notice("Console usage", HELP) + codec.command_complete("SHOW")
             handler: Callable[[], bytes] | None = {
                 "POOLS": self.show_pools, "STATS": self.show_stats, "SERVERS": self.show_servers,
+                "STATS_TOTALS": self.show_stats_totals,
+                "STATS_AVERAGES": self.show_stats_averages,
                 "CLIENTS": self.show_clients, "DATABASES": self.show_databases,
                 "CONFIG": self.show_config, "VERSION": self.show_version,
                 "LISTS": self.show_lists,
             }.get(what)
             if handler is None:
-                raise ConsoleError(f"unknown SHOW command: {arg or '(none)'}; try SHOW POOLS, "
-                                   "STATS, SERVERS, CLIENTS, DATABASES, CONFIG, VERSION")
+                raise ConsoleError(f"unknown SHOW command: {arg or '(none)'}; use SHOW HELP")
             return handler()
-        worker = self.daemon.worker
+        worker = self.ops.worker
         if verb == "RELOAD":
             if worker is not None:
                 # Every worker reloads: the supervisor checks the file and signals them all.
                 from .config import ConfigError, load_config
                 try:
-                    load_config(self.daemon.config.source)
+                    load_config(self.ops.config.source)
                 except ConfigError as exc:
                     raise ConsoleError(f"RELOAD failed: the config file is invalid: {exc}; "
                                        "the running config is kept", "F0000") from None
                 os.kill(os.getppid(), signal.SIGHUP)
-            elif not self.daemon.reload():
+            elif not self.ops.reload():
                 raise ConsoleError("RELOAD failed: the config file is invalid (see the log); "
                                    "the running config is kept", "F0000")
             return codec.command_complete("RELOAD")
@@ -111,15 +266,15 @@ class Console:
             if worker is not None:
                 os.kill(os.getppid(), signal.SIGTERM)  # the supervisor stops every worker
             else:
-                self.daemon.request_stop()
+                self.ops.request_stop()
             return codec.command_complete("SHUTDOWN")
         raise ConsoleError(f"unknown command: {verb}; poolproxy's console supports SHOW, RELOAD, "
-                           "PAUSE, RESUME, SHUTDOWN")
+                           "PAUSE, RESUME, SHUTDOWN; use SHOW HELP")
 
     # ------------------------------------------------------------------ helpers
     def _pools(self, database: str | None = None) -> list[tuple[Any, Pool]]:
         out = []
-        for rt in self.daemon.listeners:
+        for rt in self.ops.listeners:
             for pool in rt.pools.values():
                 if database is None or pool.database == database:
                     out.append((rt, pool))
@@ -148,29 +303,51 @@ class Console:
                          int(wait), _us(wait) % 1_000_000, pool.settings.pool_mode, rt.name])
         return _result(cols, rows, "SHOW")
 
-    def show_stats(self) -> bytes:
-        cols = [("database", TEXT), ("total_xact_count", INT8), ("total_query_count", INT8),
-                ("total_received", INT8), ("total_sent", INT8), ("total_xact_time", INT8),
-                ("total_query_time", INT8), ("total_wait_time", INT8), ("avg_xact_count", INT8),
-                ("avg_query_count", INT8), ("avg_recv", INT8), ("avg_sent", INT8),
-                ("avg_xact_time", INT8), ("avg_query_time", INT8), ("avg_wait_time", INT8),
-                ("listener", TEXT)]
-        per_db: dict[tuple[str, str], list[float]] = {}
+    _TOTAL_COLS = ["xact_count", "query_count", "received", "sent", "xact_time", "query_time",
+                   "wait_time"]
+    _AVG_COLS = ["xact_count", "query_count", "recv", "sent", "xact_time", "query_time",
+                 "wait_time"]
+
+    def _stats_rows(self) -> list[tuple[str, str, list[int], list[int]]]:
+        """Per (database, listener): (database, listener, totals, averages), PgBouncer's
+        figures (see the module doc); totals are microseconds for the times."""
+        periods = self.ops.stats_periods
+        now = periods.clock()
+        per_db: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         for rt, pool in self._pools():
-            st = pool.stats
-            acc = per_db.setdefault((pool.database, rt.name), [0.0] * 7)
-            for i, v in enumerate((st.transactions, st.queries, st.bytes_in, st.bytes_out,
-                                   st.xact_time_total, st.xact_time_total, st.wait_time_total)):
-                acc[i] += v
-        uptime = max(time.time() - self.started, 1e-9)
+            cur, old = per_db.setdefault((pool.database, rt.name), ([0.0] * 8, [0.0] * 8))
+            for i, (c, o) in enumerate(zip(pool_counters(pool), periods.older_of(pool),
+                                           strict=True)):
+                cur[i] += c
+                old[i] += o
+        window = periods.window(now)
         rows = []
-        for (db, listener), (xacts, queries, rx, tx, xtime, qtime, wtime) in sorted(
-                per_db.items()):
-            rows.append([db, int(xacts), int(queries), int(rx), int(tx), _us(xtime), _us(qtime),
-                         _us(wtime), int(xacts / uptime), int(queries / uptime), int(rx / uptime),
-                         int(tx / uptime), _us(xtime / xacts) if xacts else 0,
-                         _us(qtime / queries) if queries else 0,
-                         _us(wtime / xacts) if xacts else 0, listener])
+        for (db, listener), (cur, old) in sorted(per_db.items()):
+            xacts, queries, rx, tx, xtime, qtime, wtime, _assigned = cur
+            totals = [int(xacts), int(queries), int(rx), int(tx), _us(xtime), _us(qtime),
+                      _us(wtime)]
+            rows.append((db, listener, totals, averages(cur, old, window)))
+        return rows
+
+    def show_stats(self) -> bytes:
+        cols = [("database", TEXT), *((f"total_{c}", INT8) for c in self._TOTAL_COLS),
+                *((f"avg_{c}", INT8) for c in self._AVG_COLS), ("listener", TEXT)]
+        rows = [[db, *totals, *avgs, listener]
+                for db, listener, totals, avgs in self._stats_rows()]
+        return _result(cols, rows, "SHOW")
+
+    def show_stats_totals(self) -> bytes:
+        cols = [("database", TEXT), ("xact_count", INT8), ("query_count", INT8),
+                ("bytes_received", INT8), ("bytes_sent", INT8), ("xact_time", INT8),
+                ("query_time", INT8), ("wait_time", INT8), ("listener", TEXT)]
+        rows = [[db, *totals, listener] for db, listener, totals, _avgs in self._stats_rows()]
+        return _result(cols, rows, "SHOW")
+
+    def show_stats_averages(self) -> bytes:
+        cols = [("database", TEXT), ("xact_count", INT8), ("query_count", INT8),
+                ("bytes_received", INT8), ("bytes_sent", INT8), ("xact_time", INT8),
+                ("query_time", INT8), ("wait_time", INT8), ("listener", TEXT)]
+        rows = [[db, *avgs, listener] for db, listener, _totals, avgs in self._stats_rows()]
         return _result(cols, rows, "SHOW")
 
     _CONN_COLS = [("type", TEXT), ("user", TEXT), ("database", TEXT), ("state", TEXT),
@@ -198,7 +375,7 @@ class Console:
 
     def show_clients(self) -> bytes:
         rows = []
-        for rt in self.daemon.listeners:
+        for rt in self.ops.listeners:
             for client in list(rt.clients):
                 pool = client.pool
                 state = {ClientState.ACTIVE: "active", ClientState.WAITING: "waiting",
@@ -223,13 +400,13 @@ class Console:
                 ("current_connections", INT8), ("paused", INT8), ("disabled", INT8),
                 ("listener", TEXT)]
         rows = []
-        for rt in self.daemon.listeners:
+        for rt in self.ops.listeners:
             cfg = rt.config
             for name, db in cfg.databases.items():
                 settings = cfg.settings_for(db, None)
                 current = sum(p.total for p in rt.pools.values()
                               if name == "*" or p.database == name)
-                held = self.daemon.paused_databases
+                held = self.ops.paused_databases
                 paused = "*" in held or name in held or any(
                     p.paused for p in rt.pools.values() if p.database == name)
                 rows.append([name, cfg.server.host, cfg.server.port, db.dbname or name, "",
@@ -241,7 +418,7 @@ class Console:
     def show_config(self) -> bytes:
         from .config import PoolSettings
         cols = [("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT)]
-        cfg = self.daemon.config
+        cfg = self.ops.config
         default = PoolSettings()
         rows = []
         for name in PoolSettings.__dataclass_fields__:
@@ -262,10 +439,10 @@ class Console:
 
     def show_lists(self) -> bytes:
         pools = self._pools()
-        rows = [["databases", sum(len(rt.config.databases) for rt in self.daemon.listeners)],
-                ["users", sum(len(rt.config.users) for rt in self.daemon.listeners)],
+        rows = [["databases", sum(len(rt.config.databases) for rt in self.ops.listeners)],
+                ["users", sum(len(rt.config.users) for rt in self.ops.listeners)],
                 ["pools", len(pools)],
-                ["used_clients", sum(len(rt.clients) for rt in self.daemon.listeners)],
+                ["used_clients", sum(len(rt.clients) for rt in self.ops.listeners)],
                 ["used_servers", sum(p.total for _rt, p in pools)]]
         return _result([("list", TEXT), ("items", INT8)], rows, "SHOW")
 
@@ -287,7 +464,7 @@ class Console:
             if strict:
                 raise ConsoleError(f"no pool for database {database!r}", "3D000")
             return False
-        self.daemon.paused_databases.add(database or "*")
+        self.ops.paused_databases.add(database or "*")
         for pool in pools:
             pool.paused = True
         while any(p.active or p.testing or p.opening for p in pools):
@@ -296,7 +473,7 @@ class Console:
         return True
 
     def resume(self, database: str | None) -> None:
-        self.daemon.paused_databases.discard(database or "*")
+        self.ops.paused_databases.discard(database or "*")
         for _rt, pool in self._pools(database):
             pool.resume()
         log.info("resumed %s", database or "all databases")

@@ -16,10 +16,12 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ListenerConfig
+from .console import StatsPeriods
 from .errors import ShuttingDown
 from .janitor import Janitor
 from .listener import ListenerRuntime
 from .pool import CloseReason, Pool
+from .statuspage import StatusHistory
 from .workers import WorkerContext
 
 log = logging.getLogger("poolproxy.daemon")
@@ -77,6 +79,9 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self.admin: Any = None
         self.paused_databases: set[str] = set()
+        self.started = time.time()
+        self.stats_periods = StatsPeriods(self.pools, clock)  # SHOW STATS averages
+        self.status_history = StatusHistory(self)  # the admin status page's history
 
     def pools(self) -> list[Pool]:
         return [p for rt in self.listeners for p in rt.pools.values()]
@@ -92,6 +97,8 @@ class Daemon:
         janitor = Janitor(self.pools, self.clock,
                           clients=lambda: [c for rt in self.listeners for c in rt.clients])
         self._tasks.append(asyncio.ensure_future(janitor.run()))
+        self._tasks.append(asyncio.ensure_future(self.stats_periods.run()))
+        self._tasks.append(asyncio.ensure_future(self.status_history.run()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -253,7 +260,8 @@ class Daemon:
         registry.register(PoolproxyCollector(
             lambda: self.listeners,
             effective=lambda pool: {"server_idle_timeout": pool.idle_timeout}))
-        self.admin = AdminServer(registry, self.ready, self.pools_snapshot)
+        self.admin = AdminServer(registry, self.ready, self.pools_snapshot,
+                                 self.status_history.status)
         if worker is not None:
             await self.admin.start_unix(worker.admin_path())  # the supervisor serves HTTP
         else:

@@ -44,6 +44,7 @@ from prometheus_client.registry import Collector
 from .admin import AdminServer
 from .config import Config, ConfigError, load_config
 from .metrics import NON_ADDITIVE
+from .statuspage import merge_status
 
 log = logging.getLogger("poolproxy.workers")
 
@@ -327,7 +328,8 @@ class SupervisorAdmin(AdminServer):
             *(one(i, p) for i, p in self.supervisor.worker_admin_paths())))
 
     async def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
-        if method not in ("GET", "HEAD") or path not in ("/metrics", "/pools", "/readyz"):
+        if method not in ("GET", "HEAD") or path not in ("/metrics", "/pools", "/readyz",
+                                                         "/status.json"):
             return self._route(method, path)
         answers = await self._gather(path)
         if path == "/readyz":
@@ -339,6 +341,9 @@ class SupervisorAdmin(AdminServer):
         good = [a for a in answers if a is not None and a[1] == 200]
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, merge_metrics(a[2].decode() for a in good)
+        if path == "/status.json":
+            merged = merge_status([json.loads(a[2]) for a in good], self.supervisor.count)
+            return 200, "application/json", json.dumps(merged, separators=(",", ":")).encode()
         pools: list[dict[str, Any]] = []
         for index, _status, body in good:
             for pool in json.loads(body):

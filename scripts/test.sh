@@ -3,7 +3,8 @@
 #
 # 1. Installs what the suite needs and is missing (Debian/Ubuntu, via apt-get): PostgreSQL and
 #    MariaDB server binaries (the harness starts its own throwaway instances on free ports; the
-#    system services are neither started nor used) and what building mysqlclient needs.
+#    system services are neither started nor used), what building mysqlclient needs, and
+#    Chromium with its chromedriver (the status page's browser test).
 # 2. Installs the package with its test extras (pip install -e '.[test]') when something is
 #    missing or too old. Where the system Python is "externally managed" (PEP 668, Debian's
 #    /usr/bin/python3) this happens in ./.venv instead.
@@ -99,6 +100,9 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyth
 packages=()
 have_pg_server || packages+=(postgresql)
 have_mariadbd || packages+=(mariadb-server)
+# The status page is tested in a real browser (tests/integration/test_status_page.py).
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 if ! py -c 'import MySQLdb' >/dev/null 2>&1; then
     # mysqlclient has no Linux wheels: pip builds it from source.
     have_mysqlclient_build_deps || packages+=(libmariadb-dev pkg-config gcc)
