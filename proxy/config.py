@@ -1,4 +1,4 @@
-"""Configuration: YAML text -> validated, frozen config objects (DESIGN §1).
+"""Configuration: YAML text -> validated, frozen config objects (docs/configuration.md).
 
 Owns the file format: ``${VAR}`` expansion, durations, the defaults < listener < database < user
 merge of pool settings, cross-checks, and errors that name the key path. Pure Python (no

@@ -41,7 +41,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The issue's requirement: metrics (admin HTTP on, scraped every second) cost < 5% of tps.
 METRICS_COST_LIMIT = 0.05
-# A scrape counts as good only with HTTP 200 and this metric (always exported, DESIGN §1) in it.
+# A scrape counts as good only with HTTP 200 and this metric (always exported) in it.
 METRICS_MARKER = b"poolproxy_build_info"
 ADMIN_OFF, SCRAPED = "admin-off", "scraped"  # the two --metrics-cost configurations
 
@@ -613,7 +613,7 @@ def metrics_cost_json(runs: Sequence[CostRun], repeat: int, interval: float) -> 
 
 
 # A bare uvloop byte forwarder (one server connection per client, no parsing, no pooling): the
-# floor for any Python proxy on this machine, as in DESIGN.md section 6.
+# floor for any Python proxy on this machine (docs/benchmarks.md).
 FORWARDER_SOURCE = """
 import asyncio, sys, uvloop
 

@@ -7,7 +7,7 @@ sysbench ``oltp_point_select`` and ``oltp_read_only`` (``--db-ps-mode=disable``,
 against each target and prints a markdown table: tps, queries/s, latency avg/p95 and poolproxy's
 CPU time per 1000 transactions. Every process it started is stopped on exit, Ctrl-C included.
 ``--targets direct,poolproxy,forwarder`` adds a bare uvloop byte forwarder (no pooling, no
-parsing) as a baseline: the floor for any Python proxy on the same machine (DESIGN.md section 6).
+parsing) as a baseline: the floor for any Python proxy on the same machine.
 
     python tests/bench/mysql_bench.py --duration 15 [--json out.json]
 

@@ -325,7 +325,7 @@ def test_django_test_runner_with_short_server_idle_timeout(dj: DjangoTarget) -> 
 def test_django_test_runner_creates_and_drops_its_database(
     dj: DjangoTarget, request: pytest.FixtureRequest
 ) -> None:
-    """Default settings (server_idle_timeout 10m). DESIGN 3.6: idle server connections to a
+    """Default settings (server_idle_timeout 10m). Idle server connections to a
     database are closed when it has no clients for a while, so that Django's test runner can
     DROP DATABASE test_... through the proxy.
 

@@ -4,7 +4,7 @@
 waits until every listener (and, briefly, the admin HTTP port) is in LISTEN state. Readiness is read
 from /proc rather than by connecting, so that it adds no client connection to the proxy's
 counters; elsewhere (no /proc) it falls back to a TCP connect. ``pg_listener``,
-``mysql_listener`` and ``make_config`` build config dicts following DESIGN §1.
+``mysql_listener`` and ``make_config`` build config dicts following docs/configuration.md.
 """
 
 from __future__ import annotations

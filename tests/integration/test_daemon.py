@@ -430,7 +430,7 @@ def test_listener_port_refuses_after_exit(pg_proxy_fresh: ProxyProcess) -> None:
 
 
 def test_sighup_keeps_the_daemon_and_its_clients(pg_proxy_fresh: ProxyProcess) -> None:
-    """SIGHUP means "reload the config" (DESIGN §1): it must not end the process (the default
+    """SIGHUP means "reload the config": it must not end the process (the default
     action of an unhandled SIGHUP) nor drop a connected client."""
     proxy = pg_proxy_fresh
     with pg_connect(proxy) as conn:

@@ -1,4 +1,4 @@
-"""Hostile and broken MySQL clients (DESIGN §1 errors, §4): each gets a clear ERR packet (or the
+"""Hostile and broken MySQL clients: each gets a clear ERR packet (or the
 connection closed), and none of them disturbs a well-behaved client running transactions all
 along, or the proxy itself.
 
@@ -550,7 +550,7 @@ def proxy_rss_mib(proxy: ProxyProcess) -> float:
 def test_client_that_stops_reading_does_not_make_the_proxy_buffer_the_result(
     proxy: ProxyProcess
 ) -> None:
-    # DESIGN §2: when one side's transport is over its write high-water mark, pause reading the
+    # When one side's transport is over its write high-water mark, pause reading the
     # other side. A client that does not read a 300 MiB result must not make poolproxy hold
     # the result in memory (one such client per GiB of RAM is an OOM kill otherwise).
     raw = RawClient(port(proxy))

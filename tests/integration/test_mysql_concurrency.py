@@ -1,4 +1,4 @@
-"""MySQL transaction pooling under load, and clients that leave at the wrong moment (DESIGN §4).
+"""MySQL transaction pooling under load, and clients that leave at the wrong moment.
 
 - 500 aiomysql clients share 5 server connections: every transaction counts exactly once and
   MariaDB never sees more than `pool_size` connections of the user (sampled every 50 ms).

@@ -1,4 +1,4 @@
-"""Hostile and broken clients (DESIGN §1 errors, §3): each gets a clear ErrorResponse (or the
+"""Hostile and broken clients: each gets a clear ErrorResponse (or the
 connection closed), and none of them disturbs a well-behaved client running transactions all
 along, or the proxy itself."""
 

@@ -1,4 +1,4 @@
-"""CancelRequest through the proxy (DESIGN §3.2): the proxy hands out its own BackendKeyData,
+"""CancelRequest through the proxy: the proxy hands out its own BackendKeyData,
 maps a cancel to the server the client holds right now, drops it when the client holds none,
 and never cancels another client's query."""
 

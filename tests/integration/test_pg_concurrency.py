@@ -1,4 +1,4 @@
-"""Transaction pooling under load and clients that leave at the wrong moment (DESIGN §3.2, §3.5).
+"""Transaction pooling under load and clients that leave at the wrong moment.
 
 - 500 asyncpg clients share 5 server connections: every transaction counts exactly once and
   PostgreSQL never sees more than `pool_size` backends of the user.

@@ -1,4 +1,4 @@
-"""proxy/mysql/session.py: what one COM_QUERY does to the session (DESIGN §4.3, §4.4).
+"""proxy/mysql/session.py: what one COM_QUERY does to the session.
 
 `analyse()` must (a) record every session variable a client sets, in a form that can be
 replayed on another server, (b) pin the client whenever the statement creates state that cannot

@@ -2,7 +2,7 @@
 
 DJANGO_DB=postgres (default) uses poolproxy's PostgreSQL listener (6432, psycopg 3);
 DJANGO_DB=mysql its MySQL listener (6033, mysqlclient). The settings below are the ones the
-README recommends for transaction pooling.
+docs/django.md recommends for transaction pooling.
 """
 
 import os
