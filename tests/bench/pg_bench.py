@@ -8,6 +8,10 @@ time per 1000 transactions. Every process it started is stopped on exit, Ctrl-C 
 
     python tests/bench/pg_bench.py --duration 15 [--json out.json]
 
+``--pgbouncer PATH`` picks the PgBouncer binary (default /usr/sbin/pgbouncer); given more than
+once, every binary is a target of its own, named after its version (``pgbouncer-1.18``,
+``pgbouncer-1.25``), in the same interleaved rounds.
+
 ``--metrics-cost`` runs a different experiment instead: poolproxy with its admin HTTP server off
 against poolproxy whose /metrics is scraped every second, alternating for ``--repeat`` rounds,
 with the cost of metrics in tps. See tests/bench/README.md.
@@ -81,7 +85,11 @@ APP_USER = "app"
 APP_PASSWORD = "app-secret"  # created by the harness (SCRAM verifier on the server)
 DBNAME = "app"
 POOL_SIZE = 20
-PGBOUNCER = "/usr/sbin/pgbouncer"
+PGBOUNCER = "/usr/sbin/pgbouncer"  # --pgbouncer's default (Debian 12's package: 1.18)
+# PgBouncer tracks protocol-level prepared statements in transaction pooling (and so can run
+# `pgbench -M prepared`) from 1.21 on, when max_prepared_statements is above 0.
+PREPARED_SINCE = (1, 21)
+MAX_PREPARED_STATEMENTS = 200
 
 # pgbench arguments per mode name (--modes picks from these).
 MODES: dict[str, list[str]] = {
@@ -92,8 +100,9 @@ MODES: dict[str, list[str]] = {
 }
 DEFAULT_MODES = ("simple", "extended", "connect")
 DEFAULT_COST_MODES = ("simple",)  # --metrics-cost: the busiest mode shows the cost best
+# Targets run in this order within a round; "pgbouncer" stands for every --pgbouncer binary, each
+# a target named after its version (BouncerBuild.label).
 TARGETS = ("direct", "pgbouncer", "poolproxy", "forwarder")
-MAIN_TARGETS = TARGETS[:3]
 
 
 # --------------------------------------------------------------------------- results
@@ -121,6 +130,7 @@ class RunResult:
     pgbench_cpu_s: float | None = None
     error: str = ""  # empty when the run went well
     pooler_log_tail: str = ""  # attached when the run failed
+    unsupported: str = ""  # not run: the target cannot do this mode (why); not a failure
 
     @property
     def ok(self) -> bool:
@@ -169,10 +179,74 @@ def parse_pgbench(output: str, reconnecting: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- processes
 
 
+_BOUNCER_VERSION_RE = re.compile(r"PgBouncer (\d+)\.(\d+)(?:\.(\d+))?")
+
+
+@dataclass(frozen=True)
+class BouncerBuild:
+    """One --pgbouncer binary: its path, what ``--version`` says and its target name."""
+
+    path: str
+    version: str  # the first line of `pgbouncer --version`: "PgBouncer 1.25.2"
+    number: tuple[int, ...]  # (1, 25, 2); () when the version could not be read
+    label: str  # the target name: "pgbouncer-1.25"
+
+    @property
+    def prepared_statements(self) -> bool:
+        """Whether it can pool named prepared statements (max_prepared_statements)."""
+        return self.number >= PREPARED_SINCE
+
+    def unsupported(self, mode: str) -> str:
+        """Why this build cannot run ``mode`` ("" when it can)."""
+        if "prepared" in MODES[mode] and not self.prepared_statements:
+            return (f"{self.version} cannot run -M prepared in transaction pooling (prepared"
+                    f" statements need PgBouncer {'.'.join(map(str, PREPARED_SINCE))}+ with"
+                    " max_prepared_statements)")
+        return ""
+
+
+def bouncer_builds(paths: list[str]) -> list[BouncerBuild]:
+    """The --pgbouncer binaries (the same file given twice counts once), each with a distinct
+    label: pgbouncer-<major>.<minor>, else the full version, else a #<n> suffix."""
+    builds: list[BouncerBuild] = []
+    seen: set[str] = set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise SystemExit(f"--pgbouncer {path}: no such executable (apt-get install -y pgbouncer"
+                             " for /usr/sbin/pgbouncer, pass the path of another build, or"
+                             " --skip-pgbouncer)")
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                 check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SystemExit(f"--pgbouncer {path}: --version failed: {exc}") from None
+        lines = (out.stdout or out.stderr).strip().splitlines()
+        version = lines[0].strip() if lines else "unknown"
+        match = _BOUNCER_VERSION_RE.search(version)
+        if match is None:
+            raise SystemExit(f"--pgbouncer {path}: not a PgBouncer? --version says {version!r}")
+        number = tuple(int(part) for part in match.groups() if part is not None)
+        taken = {b.label for b in builds}
+        label = f"pgbouncer-{number[0]}.{number[1]}"
+        if label in taken:
+            label = f"pgbouncer-{'.'.join(map(str, number))}"
+        base, n = label, 2
+        while label in taken:
+            label, n = f"{base}#{n}", n + 1
+        builds.append(BouncerBuild(path=path, version=version, number=number, label=label))
+    return builds
+
+
 class PgBouncer(ChildProcess):
     """PgBouncer in transaction mode in front of ``pg``, configured from a generated ini file."""
 
-    def __init__(self, workdir: Path, pg: PgServer, pool_size: int, secret: str) -> None:
+    def __init__(self, workdir: Path, pg: PgServer, pool_size: int, secret: str,
+                 build: BouncerBuild) -> None:
+        self.build = build
         # PgBouncer refuses to run as root; run it as the account the harness runs PostgreSQL as.
         self.user: ServiceUser | None = service_user("postgres")
         self.workdir = prepare_dir(workdir, self.user)
@@ -203,6 +277,10 @@ class PgBouncer(ChildProcess):
             # too, so that neither pays for log lines in the -C runs.
             "log_connections = 0",
             "log_disconnections = 0",
+            # Named prepared statements (pgbench -M prepared) across server connections (1.21+;
+            # older versions do not know the setting).
+            *([f"max_prepared_statements = {MAX_PREPARED_STATEMENTS}"]
+              if build.prepared_statements else []),
             "",
         ]), 0o644)
         self._out: IO[bytes] | None = None
@@ -213,22 +291,17 @@ class PgBouncer(ChildProcess):
         if self.user is not None:
             os.chown(path, self.user.uid, self.user.gid)
 
-    @staticmethod
-    def version() -> str:
-        out = subprocess.run([PGBOUNCER, "--version"], capture_output=True, text=True, check=False)
-        return out.stdout.splitlines()[0].strip() if out.stdout else "unknown"
-
     def start(self, timeout: float = 15.0) -> None:
         kwargs: dict[str, Any] = {}
         if self.user is not None:
             kwargs.update(user=self.user.uid, group=self.user.gid, extra_groups=[])
         self._out = open(self.workdir / "pgbouncer.out", "ab")
         self._proc = subprocess.Popen(
-            [PGBOUNCER, str(self.ini)], cwd=self.workdir, stdin=subprocess.DEVNULL,
+            [self.build.path, str(self.ini)], cwd=self.workdir, stdin=subprocess.DEVNULL,
             stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs,
         )
         try:
-            wait_tcp(self.port, self.is_running, timeout, "pgbouncer")
+            wait_tcp(self.port, self.is_running, timeout, self.build.label)
         except Exception as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n{self.log_tail()}") from None
@@ -362,32 +435,51 @@ def run_pgbench(
 # --------------------------------------------------------------------------- report
 
 
-def markdown_table(results: list[RunResult], modes: list[str]) -> str:
+NOT_SUPPORTED = "n/s"  # table cell of a run the target cannot do (RunResult.unsupported)
+
+
+def run_cell(run: RunResult | None, attr: str, digits: int = 0) -> str:
+    return NOT_SUPPORTED if run is not None and run.unsupported else cell(run, attr, digits)
+
+
+def mode_ratio(results: list[RunResult], mode: str, a: str, b: str) -> str:
+    """paired_ratio of a to b in ``mode``; "n/s" when either cannot run the mode."""
+    if any(r.unsupported for r in results if r.mode == mode and r.target in (a, b)):
+        return NOT_SUPPORTED
+    return paired_ratio(results, "mode", mode, a, b)
+
+
+def markdown_table(results: list[RunResult], modes: list[str], bouncers: list[str]) -> str:
+    """One row per mode: tps, latency and pooler CPU of direct, every PgBouncer (``bouncers``:
+    their target names) and poolproxy, with poolproxy's tps ratio to each PgBouncer."""
     by_key = median_runs(results, "mode")
+    main_targets = ["direct", *bouncers, "poolproxy"]
+    poolers = [*bouncers, "poolproxy"]
     header = [
-        "mode", "clients", "direct tps", "pgbouncer tps", "poolproxy tps",
-        "poolproxy/pgbouncer", "latency ms direct", "latency ms pgbouncer",
-        "latency ms poolproxy", "CPU ms/1000 txn pgbouncer", "CPU ms/1000 txn poolproxy",
+        "mode", "clients", *(f"{t} tps" for t in main_targets),
+        *(f"poolproxy/{b}" for b in bouncers),
+        *(f"latency ms {t}" for t in main_targets),
+        *(f"CPU ms/1000 txn {t}" for t in poolers),
     ]
     rows = []
     for mode in modes:
-        runs = {t: by_key.get((mode, t)) for t in MAIN_TARGETS}
+        runs = {t: by_key.get((mode, t)) for t in main_targets}
         clients = next((r.clients for r in runs.values() if r is not None), 0)
         rows.append([
             mode_label(mode), str(clients),
-            *(cell(runs[t], "tps") for t in MAIN_TARGETS),
-            paired_ratio(results, "mode", mode, "poolproxy", "pgbouncer"),
-            *(cell(runs[t], "latency_ms", 2) for t in MAIN_TARGETS),
-            *(cell(runs[t], "cpu_ms_per_1000", 1) for t in ("pgbouncer", "poolproxy")),
+            *(run_cell(runs[t], "tps") for t in main_targets),
+            *(mode_ratio(results, mode, "poolproxy", b) for b in bouncers),
+            *(run_cell(runs[t], "latency_ms", 2) for t in main_targets),
+            *(run_cell(runs[t], "cpu_ms_per_1000", 1) for t in poolers),
         ])
     lines = table_lines(header, rows)
     if any(r.target == "forwarder" for r in results):
         lines += ["", *table_lines(
-            ["mode", "forwarder tps", "forwarder/pgbouncer", "poolproxy/forwarder",
-             "latency ms forwarder", "CPU ms/1000 txn forwarder"],
+            ["mode", "forwarder tps", *(f"forwarder/{b}" for b in bouncers),
+             "poolproxy/forwarder", "latency ms forwarder", "CPU ms/1000 txn forwarder"],
             [[mode_label(mode), cell(by_key.get((mode, "forwarder")), "tps"),
-              paired_ratio(results, "mode", mode, "forwarder", "pgbouncer"),
-              paired_ratio(results, "mode", mode, "poolproxy", "forwarder"),
+              *(mode_ratio(results, mode, "forwarder", b) for b in bouncers),
+              mode_ratio(results, mode, "poolproxy", "forwarder"),
               cell(by_key.get((mode, "forwarder")), "latency_ms", 2),
               cell(by_key.get((mode, "forwarder")), "cpu_ms_per_1000", 1)]
              for mode in modes])]
@@ -421,6 +513,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " pool size is split over them")
     parser.add_argument("--warmup", type=int, default=3,
                         help="seconds of unrecorded direct -S first (default 3; 0: none)")
+    parser.add_argument("--pgbouncer", action="append", metavar="PATH",
+                        help=f"the PgBouncer binary to compare with (default {PGBOUNCER}); give it"
+                             " more than once to run each as a target of its own, named after its"
+                             " version (pgbouncer-1.18, pgbouncer-1.25, ...)")
     parser.add_argument("--skip-pgbouncer", action="store_true", help="do not run PgBouncer")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every target this many times, interleaved, and report the run "
@@ -442,22 +538,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_metrics_cost_args(parser, args)
     if args.connect_clients is None:
         args.connect_clients = args.clients
+    if not args.pgbouncer:
+        args.pgbouncer = [PGBOUNCER]
     return args
 
 
 def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
-            cleanup: Cleanup, use_pgbouncer: bool) -> list[RunResult]:
-    """The usual benchmark: every mode against direct PostgreSQL, PgBouncer and poolproxy."""
+            cleanup: Cleanup, builds: list[BouncerBuild]) -> list[RunResult]:
+    """The usual benchmark: every mode against direct PostgreSQL, each PgBouncer in ``builds``
+    and poolproxy."""
     poolers: dict[str, Pooler] = {}
-    if use_pgbouncer:
-        secret = APP_PASSWORD
-        if args.pgbouncer_secret == "scram":
-            secret = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
-                                (APP_USER,))[0][0]
-        bouncer = PgBouncer(workdir / "pgbouncer", pg, args.pool_size, secret)
-        cleanup.add("PgBouncer", bouncer.stop)
+    secret = APP_PASSWORD
+    if builds and args.pgbouncer_secret == "scram":
+        secret = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                            (APP_USER,))[0][0]
+    for build in builds:
+        bouncer = PgBouncer(workdir / build.label.replace("#", "-"), pg, args.pool_size, secret,
+                            build)
+        cleanup.add(build.label, bouncer.stop)
         bouncer.start()
-        poolers["pgbouncer"] = bouncer
+        print(f"{build.label}: {build.path} ({build.version}) on 127.0.0.1:{bouncer.port}",
+              flush=True)
+        poolers[build.label] = bouncer
     proxy = pg_poolproxy(workdir / "poolproxy", pg, args.pool_size, workers=args.workers)
     cleanup.add("poolproxy", proxy.stop)
     proxy.start()
@@ -471,15 +573,27 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
 
     warm_up(args, pgbench, pg)
     results: list[RunResult] = []
-    targets = [t for t in TARGETS if t in ports]
+    targets = [name for t in TARGETS
+               for name in ([b.label for b in builds] if t == "pgbouncer" else [t])
+               if name in ports]
+    width = max(len(t) for t in targets)
     print(f"running {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
           flush=True)
-    # Rounds interleave the targets (direct, PgBouncer, poolproxy, ... then again), so a drift
+    # Rounds interleave the targets (direct, PgBouncers, poolproxy, ... then again), so a drift
     # in the machine's speed during the run hits every target alike; the table takes medians.
     rounds = {m: args.rounds if "-C" not in MODES[m] else 1 for m in args.modes}
+    unsupported = {(m, b.label): b.unsupported(m) for m in args.modes for b in builds}
     for mode, round_no, target in [(m, i, t) for m in args.modes for i in range(rounds[m])
                                    for t in targets]:
         clients = args.connect_clients if "-C" in MODES[mode] else args.clients
+        why_not = unsupported.get((mode, target), "")
+        if why_not:
+            if round_no == 0:  # recorded (and printed) once, not per round
+                results.append(RunResult(mode=mode, target=target, clients=clients,
+                                         threads=args.threads, duration=args.duration,
+                                         command=[], unsupported=why_not))
+                print(f"  {mode:<9} {target:<{width}} not supported: {why_not}", flush=True)
+            continue
         pooler = poolers.get(target)
         if pooler is not None and not pooler.is_running():
             print(f"  {target} is not running; restarting it", flush=True)
@@ -490,8 +604,8 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
         result.round = round_no + 1
         results.append(result)
         cpu = result.cpu_ms_per_1000
-        print(f"  {mode:<9} {target:<10} {round_no + 1}/{rounds[mode]} tps {fmt(result.tps):>8}  latency "
-              f"{fmt(result.latency_ms, 2):>6} ms"
+        print(f"  {mode:<9} {target:<{width}} {round_no + 1}/{rounds[mode]} tps"
+              f" {fmt(result.tps):>8}  latency {fmt(result.latency_ms, 2):>6} ms"
               + (f"  CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
               + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
               flush=True)
@@ -535,9 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     pgbench = pgbench_binary()
     use_pgbouncer = not args.skip_pgbouncer and not args.metrics_cost
-    if use_pgbouncer and not os.path.exists(PGBOUNCER):
-        raise SystemExit(f"{PGBOUNCER} not found: apt-get install -y pgbouncer "
-                         "(or pass --skip-pgbouncer)")
+    builds = bouncer_builds(args.pgbouncer) if use_pgbouncer else []
     cleanup = Cleanup()
     workdir = make_workdir("pp-bench-", args.keep, cleanup)
     try:
@@ -551,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.metrics_cost:
             results, cost_runs = metrics_cost(args, pgbench, pg, workdir, cleanup)
         else:
-            results = compare(args, pgbench, pg, workdir, cleanup, use_pgbouncer)
+            results = compare(args, pgbench, pg, workdir, cleanup, builds)
 
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -560,7 +672,12 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": platform.release(),
             "python": platform.python_version(),
             "postgresql": pg_version,
-            "pgbouncer": PgBouncer.version() if use_pgbouncer else None,
+            "pgbouncer": "; ".join(b.version for b in builds) or None,
+            "pgbouncers": [{
+                "target": b.label, "path": b.path, "version": b.version,
+                "max_prepared_statements": MAX_PREPARED_STATEMENTS if b.prepared_statements
+                else None,
+            } for b in builds],
             "pgbouncer_secret": args.pgbouncer_secret,
             "poolproxy_commit": git_describe(),
             "duration_s": args.duration,
@@ -587,11 +704,12 @@ def main(argv: list[str] | None = None) -> int:
                 " run or its scrapes had problems, see below."
             )
         else:
-            print(markdown_table(results, args.modes))
+            print(markdown_table(results, args.modes, [b.label for b in builds]))
             print()
             print(
                 f"{meta['cpus']} CPUs, PostgreSQL {pg_version},"
-                f" {meta['pgbouncer'] or 'no PgBouncer'}, poolproxy {meta['poolproxy_commit']};"
+                f" {', '.join(b.version for b in builds) or 'no PgBouncer'},"
+                f" poolproxy {meta['poolproxy_commit']};"
                 f" pgbench -j {args.threads} -T {args.duration} -n, scale {args.scale}, pool"
                 f" size {args.pool_size}{workers_note(args.workers)}."
                 + (f" Each figure: the median-tps run of {args.rounds} interleaved rounds"
@@ -600,7 +718,12 @@ def main(argv: list[str] | None = None) -> int:
                 + " tps excludes connection time except for -C. CPU = the"
                 " pooler's utime+stime during the run per 1000 transactions (= µs per"
                 " transaction). (!) = the run had problems, see below."
+                + (f" {NOT_SUPPORTED} = not run: that PgBouncer cannot do the mode, see below."
+                   if any(r.unsupported for r in results) else "")
             )
+        for r in results:
+            if r.unsupported:
+                print(f"\n### not supported: {r.mode} via {r.target}\n{r.unsupported}")
         failed = [r for r in results if not r.ok]
         for r in failed:
             print(f"\n### problem: {r.mode} via {r.target}\n{r.error}")
