@@ -14,54 +14,30 @@ import socket
 import time
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from . import __version__
-from .config import Config, ListenerConfig
-from .console import StatsPeriods
+from .config import Config, ConfigError, load_config
+from .core.listener import ListenerRuntime, ProtocolAdapter
 from .errors import ShuttingDown
-from .janitor import Janitor
-from .listener import ListenerRuntime
-from .pool import CloseReason, Pool
-from .statuspage import StatusHistory
+from .mysql.adapter import MySQLAdapter
+from .ops.admin import AdminServer
+from .ops.console import Console, ConsoleError, StatsPeriods
+from .ops.metrics import CLIENT_STATES, PoolproxyCollector, pool_client_states
+from .ops.statuspage import StatusHistory
+from .pool import ClientState, CloseReason, Pool
+from .pool.janitor import Janitor
+from .postgres.adapter import PostgresAdapter
 from .workers import WorkerContext
 
 log = logging.getLogger("poolproxy.daemon")
 
 
-async def _align(pool: Pool, server: Any, what: str) -> None:
-    """On a pool's first connection, learn the database's own idle limit and stay below it."""
-    if pool.db_idle_limit is not None or getattr(pool, "_aligned", False):
-        return
-    pool._aligned = True  # type: ignore[attr-defined]
-    try:
-        limit = await server.idle_limit()
-    except Exception as exc:  # the check is advisory: never fail a login over it
-        log.debug("%r: could not read %s: %s", pool, what, exc)
-        return
-    if limit:
-        pool.align_idle_limit(limit, what)
-
-
-async def _pg_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
-                     password: str | None) -> Any:
-    from .postgres.server import open_server
-    srv = rt.config.server
-    server = await open_server(pool, srv.target, srv.port, user, password, dbname,
-                               pool.settings.server_connect_timeout)
-    await _align(pool, server, "idle_session_timeout")
-    return server
-
-
-async def _mysql_opener(rt: ListenerRuntime, pool: Pool, dbname: str, user: str,
-                        password: str | None) -> Any:
-    from .mysql.server import open_server
-    srv = rt.config.server
-    caps, charset = pool.variant
-    server = await open_server(pool, srv.target, srv.port, user, password, dbname or None, caps,
-                               charset, pool.settings.server_connect_timeout)
-    if rt.greeting is None:
-        rt.greeting = server.handshake
-    await _align(pool, server, "wait_timeout")
-    return server
+def adapter_for(protocol: str) -> ProtocolAdapter:
+    """The protocol package that runs a listener of `protocol`."""
+    if protocol == "mysql":
+        return MySQLAdapter()
+    return PostgresAdapter()
 
 
 class Daemon:
@@ -89,11 +65,10 @@ class Daemon:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for lcfg in self.config.listeners:
-            rt = self._make_listener(lcfg, loop)
-            if rt is not None:
-                rt.daemon = self
-                rt.paused_databases = self.paused_databases
-                self.listeners.append(rt)
+            rt = ListenerRuntime(lcfg, adapter_for(lcfg.protocol), loop, self.clock)
+            rt.operations = self
+            rt.paused_databases = self.paused_databases
+            self.listeners.append(rt)
         janitor = Janitor(self.pools, self.clock,
                           clients=lambda: [c for rt in self.listeners for c in rt.clients])
         self._tasks.append(asyncio.ensure_future(janitor.run()))
@@ -104,25 +79,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info("poolproxy %s started with %d listener(s)", __version__, len(self.listeners))
 
-    def _make_listener(self, lcfg: ListenerConfig,
-                       loop: asyncio.AbstractEventLoop) -> ListenerRuntime | None:
-        if lcfg.protocol == "mysql":
-            from .mysql.client import ClientConnection as MyClient
-            mrt = ListenerRuntime(lcfg, _mysql_opener, loop, self.clock)
-            mrt.protocol_factory = lambda: MyClient(mrt)  # type: ignore[attr-defined]
-            return mrt
-        from .postgres.client import ClientConnection
-        rt = ListenerRuntime(lcfg, _pg_opener, loop, self.clock)
-        rt.protocol_factory = lambda: ClientConnection(rt)  # type: ignore[attr-defined]
-        return rt
-
     async def bind(self) -> None:
         loop = asyncio.get_running_loop()
-        from .mysql.server import fetch_greeting
         for rt in self.listeners:
-            if rt.config.protocol == "mysql":
-                # Show clients the real server version and capabilities from the start.
-                rt.greeting = await fetch_greeting(rt.config.server.target, rt.config.server.port)
+            await rt.adapter.prepare(rt)
         for rt in self.listeners:
             lcfg = rt.config
             host = lcfg.listen_host or None
@@ -130,12 +90,10 @@ class Daemon:
             if inherited is not None:
                 # The supervisor bound it; every worker accepts on the same socket.
                 rt.server = await loop.create_server(
-                    rt.protocol_factory,  # type: ignore[attr-defined]
-                    sock=socket.socket(fileno=inherited), backlog=1024)
+                    rt.new_client, sock=socket.socket(fileno=inherited), backlog=1024)
             else:
                 rt.server = await loop.create_server(
-                    rt.protocol_factory, host, lcfg.listen_port,  # type: ignore[attr-defined]
-                    reuse_address=True, backlog=1024)
+                    rt.new_client, host, lcfg.listen_port, reuse_address=True, backlog=1024)
             for sock in rt.server.sockets:
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -147,7 +105,6 @@ class Daemon:
 
         Clients stay connected. An invalid file is rejected (logged with its key path) and the
         running config is kept. Listen addresses and servers need a restart (logged)."""
-        from .config import ConfigError, load_config
         try:
             new = load_config(self.config.source)
         except ConfigError as exc:
@@ -219,7 +176,6 @@ class Daemon:
 
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One command line from another worker: cancel, pause or resume; answers one line."""
-        from .console import Console, ConsoleError
         try:
             words = (await asyncio.wait_for(reader.readline(), 5.0)).decode().split()
             answer = "ok"
@@ -252,10 +208,6 @@ class Daemon:
         if admin.listen_host is None:
             return
         worker = self.worker
-        from prometheus_client import CollectorRegistry
-
-        from .admin import AdminServer
-        from .metrics import PoolproxyCollector
         registry = CollectorRegistry()
         registry.register(PoolproxyCollector(
             lambda: self.listeners,
@@ -273,7 +225,6 @@ class Daemon:
             rt.server is not None and rt.server.is_serving() for rt in self.listeners)
 
     def pools_snapshot(self) -> list[dict[str, Any]]:
-        from .metrics import CLIENT_STATES, pool_client_states
         states = pool_client_states(self.listeners)
         out = []
         for pool in self.pools():
@@ -315,7 +266,6 @@ class Daemon:
         log.info("poolproxy stopped")
 
     def _close_idle_clients(self) -> None:
-        from .pool import ClientState
         for rt in self.listeners:
             for client in list(rt.clients):
                 if client.state in (ClientState.IDLE, ClientState.LOGIN) and client.server is None:

@@ -41,10 +41,10 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from .admin import AdminServer
 from .config import Config, ConfigError, load_config
-from .metrics import NON_ADDITIVE
-from .statuspage import merge_status
+from .ops.admin import AdminServer
+from .ops.metrics import NON_ADDITIVE
+from .ops.statuspage import merge_status
 
 log = logging.getLogger("poolproxy.workers")
 

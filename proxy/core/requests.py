@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 
 class Action(enum.Enum):
@@ -66,58 +66,70 @@ class Batch:
         return f"<Batch {self.action.value}{'' if self.synced else ' open'} steps={self.steps}>"
 
 
-class RequestQueue:
-    """Outstanding batches of one server connection, oldest first."""
+#: The batch of a plain sync point (a simple Query, or a Sync closing nothing precise): it
+#: carries no state of its own, so one shared instance serves every such batch. It is never
+#: mutated (an open batch is always a fresh Batch).
+PLAIN_BATCH = Batch(FORWARD, True)
 
-    __slots__ = ("_batches", "precise")
+
+class RequestQueue(deque[Batch]):
+    """Outstanding batches of one server connection, oldest first. A deque, so that "owes
+    anything?" (`bool(queue)`) and `len` stay in C on the hot path."""
+
+    __slots__ = ("precise",)
 
     def __init__(self) -> None:
-        self._batches: deque[Batch] = deque()
+        super().__init__()
         #: Batches with steps are queued: the server's replies must be read message by message.
         self.precise = 0
 
     # ------------------------------------------------------------------ what is owed
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def __bool__(self) -> bool:
-        return bool(self._batches)
-
-    def __iter__(self) -> Iterator[Batch]:
-        return iter(self._batches)
-
     @property
     def head(self) -> Batch | None:
-        return self._batches[0] if self._batches else None
+        return self[0] if self else None
 
     @property
     def open(self) -> Batch | None:
         """The batch still growing (messages sent after the last sync point), if any."""
-        if self._batches:
-            last = self._batches[-1]
+        if self:
+            last = self[-1]
             if not last.synced:
                 return last
         return None
 
     def forwarded(self) -> int:
         """Sync points of the client's own whose answers are still owed."""
-        return sum(1 for b in self._batches if b.synced and b.action is FORWARD)
+        return sum(1 for b in self if b.synced and b.action is FORWARD)
 
     # ------------------------------------------------------------------ requests go out
+    def sent(self, syncs: int, open_after: bool) -> None:
+        """The hot path: client messages went out with `syncs` sync points among them, and
+        with messages after the last one (`open_after`) or not."""
+        if syncs:
+            if self and not self[-1].synced:
+                self[-1].synced = True
+                syncs -= 1
+            if syncs == 1:
+                self.append(PLAIN_BATCH)
+            elif syncs:
+                self.extend([PLAIN_BATCH] * syncs)
+        if open_after and (not self or self[-1].synced):
+            self.append(Batch(FORWARD, False))
+
     def add_message(self, action: Action = FORWARD) -> Batch:
         """A message that is not a sync point joins the open batch (opened if needed)."""
         batch = self.open
         if batch is None:
             batch = Batch(action, False)
-            self._batches.append(batch)
+            self.append(batch)
         return batch
 
     def sync(self, action: Action = FORWARD) -> Batch:
         """A sync point goes out: it closes the open batch, or is a batch of its own."""
         batch = self.open
         if batch is None or batch.action is not action:
-            batch = Batch(action, True)
-            self._batches.append(batch)
+            batch = PLAIN_BATCH if action is FORWARD else Batch(action, True)
+            self.append(batch)
         else:
             batch.synced = True
         return batch
@@ -132,7 +144,7 @@ class RequestQueue:
             batch.steps = deque()
             self.precise += 1
         batch.steps.append(Step(kind, action, reply, on_done))
-        if batch is self._batches[0] and batch.steps[0].action is SYNTHESIZE:
+        if batch is self[0] and batch.steps[0].action is SYNTHESIZE:
             return self.due()
         return []
 
@@ -183,9 +195,9 @@ class RequestQueue:
 
     def batch_done(self) -> Batch | None:
         """The head batch's sync point was answered (ReadyForQuery; MySQL: the response end)."""
-        if not self._batches:
+        if not self:
             return None
-        batch = self._batches.popleft()
+        batch = self.popleft()
         if batch.steps is not None:
             self.precise -= 1
             for step in batch.steps:  # never answered: the server skipped them
@@ -193,25 +205,33 @@ class RequestQueue:
                     step.on_done(False)
         return batch
 
-    def drop_synced(self, count: int) -> None:
-        """Forget the last `count` synced client batches whose answers will never come
-        (PostgreSQL ignores Sync during COPY FROM STDIN)."""
-        kept: list[Batch] = []
-        while count and self._batches:
-            batch = self._batches.pop()
-            if batch.synced and batch.action is FORWARD and not batch.steps:
-                count -= 1
+    def ignore_syncs(self, count: int) -> None:
+        """PostgreSQL ignores Sync during COPY FROM STDIN: the head batch (the COPY's) does not
+        end at the next `count` sync points; it runs on to the one after them."""
+        while count > 0 and self and self[0].synced:
+            head = self[0]
+            if head is PLAIN_BATCH:
+                head = self[0] = Batch(FORWARD, True)
+            if len(self) > 1:
+                nxt = self[1]
+                del self[1]
+                if nxt.steps:
+                    if head.steps is None:
+                        head.steps = nxt.steps
+                    else:
+                        head.steps.extend(nxt.steps)
+                        self.precise -= 1
+                head.synced = nxt.synced
             else:
-                kept.append(batch)
-        self._batches.extend(reversed(kept))
+                head.synced = False
+            count -= 1
 
-    def clear(self) -> list[Batch]:
+    def clear(self) -> None:
         """The server is gone: everything outstanding is dropped (callbacks hear ok=False)."""
-        batches = list(self._batches)
-        self._batches.clear()
+        batches = list(self)
+        super().clear()
         self.precise = 0
         for batch in batches:
             for step in batch.steps or ():
                 if step.on_done is not None:
                     step.on_done(False)
-        return batches

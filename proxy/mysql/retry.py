@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ..effects import Effect, is_literal_select, leading_words, split_statements
+from ..core.effects import Effect, is_literal_select, leading_words, split_statements
 from . import codec
 
 #: Commands that change no data: pings, schema changes, preparing and closing statements.
@@ -25,6 +25,7 @@ _DML = frozenset((b"select", b"insert", b"update", b"delete", b"replace", b"with
                   b"table", b"do"))
 _AUTOCOMMIT = re.compile(rb"(?:@@(?:session\.|local\.)?|(?:session|local)\s+)?autocommit\s*:?=\s*(\w+)")
 _ON = frozenset((b"1", b"on", b"true"))
+_QUERY = bytes((codec.COM_QUERY,))
 
 
 def _set_effect(stmt: bytes) -> Effect:
@@ -64,13 +65,13 @@ def statement_effect(stmt: bytes) -> Effect:
     return Effect.DURABLE  # DDL, LOCK/UNLOCK TABLES, CALL, LOAD DATA, XA, ...
 
 
-def autocommit_set(commands: Iterable[tuple[int, bytes]]) -> bool | None:
+def autocommit_set(packets: Iterable[bytes]) -> bool | None:
     """The autocommit value the last `SET autocommit` among `commands` asks for, if any: after
     a lost server, the client's session continues as it expects (a lost `SET autocommit=1`
     must not leave later writes uncommitted)."""
     value: bool | None = None
-    for cmd, packet in commands:
-        if cmd == codec.COM_QUERY and b"autocommit" in packet[5:].lower():
+    for packet in packets:
+        if packet[4:5] == _QUERY and b"autocommit" in packet[5:].lower():
             for stmt in split_statements(packet[5:], mysql=True):
                 if stmt.startswith(b"set"):
                     m = _AUTOCOMMIT.search(stmt)
@@ -79,10 +80,11 @@ def autocommit_set(commands: Iterable[tuple[int, bytes]]) -> bool | None:
     return value
 
 
-def command_effects(commands: Iterable[tuple[int, bytes]]) -> list[Effect]:
-    """The effects of (command byte, whole packet bytes) pairs, in order."""
+def command_effects(packets: Iterable[bytes]) -> list[Effect]:
+    """The effects of whole command packets (header included), in order."""
     out: list[Effect] = []
-    for cmd, packet in commands:
+    for packet in packets:
+        cmd = packet[4] if len(packet) > 4 else codec.COM_SLEEP
         if cmd == codec.COM_QUERY:
             out.extend(statement_effect(s) for s in split_statements(packet[5:], mysql=True))
         elif cmd == codec.COM_RESET_CONNECTION:

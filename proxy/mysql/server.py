@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..auth import caching_sha2, mysql_native
+from ..core.requests import PLAIN_BATCH
+from ..core.server import ServerSession, connect_and_login
+from ..core.session import ClientSession
 from ..errors import ServerConnectionLost, ServerLoginError
-from ..pool import S_ACTIVE, CloseReason, Pool
-from ..session import ServerSession, connect_and_login
+from ..pool import CloseReason, Pool
 from . import codec
 from .codec import ResponseMode, ResponseTracker
-
-if TYPE_CHECKING:
-    from .client import ClientConnection
 
 log = logging.getLogger("poolproxy.mysql.server")
 
@@ -48,6 +47,7 @@ class ServerConnection(ServerSession):
     """One connection from poolproxy to a MySQL/MariaDB server."""
 
     GOODBYE = codec.encode_packet(0, bytes((codec.COM_QUIT,)))
+    IDLE_LIMIT_NAME = "wait_timeout"
 
     def __init__(self, pool: Pool, user: str, password: str | None, dbname: str | None,
                  caps: int, charset: int, loop: asyncio.AbstractEventLoop) -> None:
@@ -57,7 +57,6 @@ class ServerConnection(ServerSession):
         self.dbname = dbname
         self.want_caps = caps
         self.charset = charset
-        self.client: ClientConnection | None = None
         self.caps = 0
         self.handshake: codec.Handshake | None = None
         self.status = codec.SERVER_STATUS_AUTOCOMMIT
@@ -70,7 +69,6 @@ class ServerConnection(ServerSession):
         self.tracker: ResponseTracker | None = None
         self._tracker: ResponseTracker | None = None  # reused for every response
         self._command = codec.COM_QUIT
-        self.awaiting = False  # a command was sent whose response has not ended yet
         self._deprecate_eof = False
         self.params: dict[str, str] | None = None  # pool.server_params marker (version)
         #: The ERR the server sent as it went away (its own reason), if any.
@@ -82,6 +80,7 @@ class ServerConnection(ServerSession):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def data_received(self, data: bytes) -> None:
+        """The server -> client hot path: forward each chunk, find the end of the response."""
         client = self.client
         if client is None:
             self._unlinked_data(data)
@@ -96,11 +95,10 @@ class ServerConnection(ServerSession):
                     self.pool.stats.bytes_out += len(data)
                     self.outbox.write(client.transport, data)
                     self.tracker = _FINISHED
-                    self.awaiting = False
-                    client.response_done(self, status, True)
+                    self._response_end(client, status, True)
                     return
             tracker = self._arm()
-        if data[4:5] == b"\xff" and len(data) >= 7 and (client.fresh or not client.pending):
+        if data[4:5] == b"\xff" and len(data) >= 7 and (not self.replied or not self.requests):
             errno = data[5] | data[6] << 8
             if errno in _GOING_AWAY:
                 # Killed, timed out or shutting down, before any reply reached the client (or
@@ -111,34 +109,77 @@ class ServerConnection(ServerSession):
                         data[4:4 + (data[0] | data[1] << 8 | data[2] << 16)], self.caps)
                 except (codec.ProtocolError, IndexError, ValueError):
                     pass
-                self.lost_now(gone_first=client.fresh and errno in _DID_NOT_RUN)
+                self.lost_now(gone_first=not self.replied and errno in _DID_NOT_RUN)
                 return
         try:
             done = tracker.feed_data(data)
         except codec.ProtocolError as exc:
             log.error("%r: server sent an invalid response: %s", self, exc)
-            self.close(CloseReason.SERVER_ERROR)
+            self.close(CloseReason.SERVER_PROTOCOL_ERROR)
             return
         self.pool.stats.bytes_out += len(data)
-        client.fresh = False  # the reply has started: no transparent retry any more
+        self.replied = True  # the reply has started: no transparent retry any more
         self.outbox.write(client.transport, data)
         if done:
-            self.awaiting = False
-            client.response_done(self, tracker.status_flags, not tracker.failed)
+            self._response_end(client, tracker.status_flags, not tracker.failed)
         elif tracker.waiting_for_client:
-            client.infile_requested()
+            client.on_infile()
+
+    def _response_end(self, client: ClientSession[Any], status: int | None, ok: bool) -> None:
+        self.pool.stats.queries += 1
+        if status is not None:
+            self.status = status
+        requests = self.requests
+        if requests.precise:
+            requests.batch_done()
+        elif requests:
+            requests.popleft()
+        if not requests:
+            # Everything sent so far is answered: what follows is new.
+            self.sent = []
+            self.replied = False
+            self.answered = True
+        client.on_response_end(status, ok)
 
     def _frame(self, data: bytes) -> list[tuple[int, bytes]] | None:
         return None if self._reader is None else self._reader.feed(data)
 
-    def start_command(self, command: int) -> None:
-        """The client sends `command`: its response is tracked from its first byte on."""
+    def send_command(self, command: int, data: bytes) -> None:
+        """The client sends `command` (whole packet `data`): its response is tracked from its
+        first byte on."""
         self._command = command
         self.tracker = None
-        self.awaiting = command not in _NO_RESPONSE
+        if command not in _NO_RESPONSE:
+            self.requests.append(PLAIN_BATCH)  # one response per command
+        self.forward(data)
 
-    def reusable(self) -> bool:
-        return not self.awaiting and not self.in_transaction()
+    def forward_infile(self, packets: list[tuple[int, bytes]]) -> bool:
+        """The client's LOCAL INFILE packets; True when its last (empty) packet went out."""
+        tracker = self.tracker
+        assert tracker is not None
+        out = b"".join(codec.encode_packet(s, p) for s, p in packets)
+        done = False
+        for _seq, payload in packets:
+            if tracker.client_infile_packet(len(payload)):
+                done = True
+        self.write(out)
+        return done
+
+    def in_transaction(self) -> bool:
+        st = self.status
+        return bool(st & codec.SERVER_STATUS_IN_TRANS) or not st & codec.SERVER_STATUS_AUTOCOMMIT
+
+    async def reset(self, *, hold: bool) -> None:
+        """Roll back, and reset unreplayable state (COM_RESET_CONNECTION) for a held server."""
+        if hold:
+            err, _ = await self.command(codec.COM_RESET_CONNECTION)
+            if err is not None:
+                raise ServerConnectionLost(f"COM_RESET_CONNECTION failed: {err.message}")
+            self.vars = {"names": "NAMES DEFAULT"}
+        elif self.in_transaction():
+            await self.run_sql("ROLLBACK")
+            if not self.status & codec.SERVER_STATUS_AUTOCOMMIT:
+                await self.run_sql("SET autocommit=1")
 
     def _arm(self) -> ResponseTracker:
         """Start the (reused) tracker for the response to the current command."""
@@ -214,7 +255,6 @@ class ServerConnection(ServerSession):
         if rows and rows[0][0] and rows[0][1]:
             self.names_default = f"NAMES {rows[0][0]} COLLATE {rows[0][1]}"
         self._reader = None
-        self.state = S_ACTIVE
 
     def _scramble(self, plugin: str, nonce: bytes) -> bytes:
         if plugin == "mysql_native_password":
@@ -277,10 +317,6 @@ class ServerConnection(ServerSession):
         err, _ = await self.command(codec.COM_QUERY, sql)
         if err is not None:
             raise ServerConnectionLost(f"{sql[:60]!r} failed on the server: {err.message}")
-
-    def in_transaction(self) -> bool:
-        st = self.status
-        return bool(st & codec.SERVER_STATUS_IN_TRANS) or not st & codec.SERVER_STATUS_AUTOCOMMIT
 
     @property
     def is_mariadb(self) -> bool:

@@ -8,11 +8,12 @@ server because the state cannot be replayed (user variables, temporary tables, l
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 
 
-class PinReason:
+class PinReason(enum.StrEnum):
     """Why a MySQL client is held on one server outside a transaction (metric label values)."""
 
     USER_VARIABLE = "user_variable"
@@ -29,7 +30,7 @@ class PinReason:
 
 @dataclass
 class Analysis:
-    pin: str | None = None
+    pin: PinReason | None = None
     #: (key, SQL assignment text) in statement order; key "names" stands for SET NAMES/CHARSET.
     sets: list[tuple[str, str]] = field(default_factory=list)
     use: str | None = None
@@ -54,7 +55,7 @@ _PIN_PATTERNS = (
 )
 
 
-def _pin_reason(masked: bytes) -> str | None:
+def _pin_reason(masked: bytes) -> PinReason | None:
     low = masked.lower()
     for keyword, pattern, reason in _PIN_PATTERNS:
         if keyword in low and pattern.search(low):
@@ -195,7 +196,7 @@ def _analyse(sql: bytes) -> Analysis:
     return result
 
 
-def _analyse_set(body: bytes, result: Analysis) -> str | None:
+def _analyse_set(body: bytes, result: Analysis) -> PinReason | None:
     tx = _SET_TX.match(body)
     if tx:
         scope = (tx.group(1) or b"").lower()

@@ -78,11 +78,12 @@ class MessageScanner:
 
     def __init__(self, interesting: Iterable[int], keep_body: Iterable[int] = (),
                  max_body: int = 1 << 20, max_message: int = MAX_MESSAGE,
-                 transparent: int = -1) -> None:
+                 transparent: Iterable[int] = ()) -> None:
         self.interesting = frozenset(interesting)
-        #: A message type that does not update `last` (the frontend's Flush: it asks for
-        #: output but changes nothing about what the client has synced).
-        self.transparent = transparent
+        #: Message types that do not update `last` (the frontend's Flush asks for output but
+        #: changes nothing about what the client has synced; Terminate ends the stream, and
+        #: what came before it still decides whether a batch was left unsynced).
+        self.transparent = frozenset(transparent)
         self.keep_body = frozenset(keep_body)
         self.max_body = max_body
         self.max_message = max_message
@@ -123,7 +124,7 @@ class MessageScanner:
             self._hdr = b""
             pos = need
             t = hdr[0]
-            if t != self.transparent:
+            if t not in self.transparent:
                 self.last = t
             length = _unpack_i32(hdr, 1)[0]
             if length < 4 or length > self.max_message:
@@ -153,7 +154,7 @@ class MessageScanner:
                 self._hdr = bytes(data[pos:])
                 break
             t = data[pos]
-            if t != transparent:
+            if t not in transparent:
                 last = t
             length = _unpack_i32(data, pos + 1)[0]
             if length < 4 or length > max_message:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from ..effects import Effect, is_literal_select, leading_words, split_statements
+from ..core.effects import Effect, is_literal_select, leading_words, split_statements
 
 _I32 = struct.Struct("!I")
 

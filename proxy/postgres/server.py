@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..auth import md5 as md5auth
 from ..auth import scram
+from ..core.requests import SWALLOW
+from ..core.server import ServerSession, connect_and_login, open_transport
 from ..errors import ServerConnectionLost, ServerLoginError, ServerUnavailable
-from ..pool import S_ACTIVE, CloseReason, Pool
-from ..session import ServerSession, connect_and_login, open_transport
+from ..pool import CloseReason, Pool
 from . import codec
 from .codec import (
     MSG_AUTH,
@@ -27,9 +28,6 @@ from .codec import (
     MSG_PARAMETER_STATUS,
     MSG_READY_FOR_QUERY,
 )
-
-if TYPE_CHECKING:
-    from .client import ClientConnection
 
 log = logging.getLogger("poolproxy.postgres.server")
 
@@ -48,15 +46,11 @@ def _is_fatal(body: bytes) -> bool:
     return b"SFATAL\x00" in body or b"SPANIC\x00" in body or b"VFATAL\x00" in body
 
 
-def _fatal_text(body: bytes) -> tuple[str, str]:
-    fields = codec.parse_error_fields(body)
-    return fields.get("C", "?"), fields.get("M", "")
-
-
 class ServerConnection(ServerSession):
     """One connection from poolproxy to a PostgreSQL server."""
 
     GOODBYE = codec.TERMINATE
+    IDLE_LIMIT_NAME = "idle_session_timeout"
 
     def __init__(self, pool: Pool, user: str, password: str | None, dbname: str,
                  loop: asyncio.AbstractEventLoop) -> None:
@@ -64,17 +58,13 @@ class ServerConnection(ServerSession):
         self.user = user
         self.password = password
         self.dbname = dbname
-        self.client: ClientConnection | None = None
         self.params: dict[str, str] = {}
         #: Tuple of the tracked parameter values last synced from a client (None: unknown).
         self.param_sig: tuple[str | None, ...] | None = None
         self.key = (0, 0)
         self.tx_status = _I
-        self.swallow = 0  # ReadyForQuery messages of our own queries still to drop
-        self.cancels_in_flight = 0
         #: The fields of the FATAL the server sent before closing (its own reason), if any.
         self.last_words: dict[str, str] | None = None
-        self.release_when_cancelled = False
         self.scanner = codec.MessageScanner(
             (MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_COPY_IN, MSG_COPY_BOTH, MSG_ERROR),
             keep_body=(MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_ERROR))
@@ -86,6 +76,8 @@ class ServerConnection(ServerSession):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def data_received(self, data: bytes) -> None:
+        """The server -> client hot path: forward each chunk whole, after looking at the few
+        messages that matter (ReadyForQuery ends a batch of the request queue)."""
         client = self.client
         if client is None:
             self._unlinked_data(data)
@@ -94,24 +86,26 @@ class ServerConnection(ServerSession):
             events = self.scanner.feed(data)
         except codec.ProtocolError as exc:
             log.error("%r: server sent invalid data: %s", self, exc)
-            self.close(CloseReason.SERVER_ERROR)
+            self.close(CloseReason.SERVER_PROTOCOL_ERROR)
             return
         stats = self.pool.stats
+        requests = self.requests
         if events is None:
-            if self.swallow:
-                return
+            if requests and requests[0].action is SWALLOW:
+                return  # the replies to our own query (parameter sync)
             stats.bytes_out += len(data)
-            client.fresh = False  # the reply has started: no transparent retry any more
+            self.replied = True
             self.outbox.write(client.transport, data)
             return
-        #: Offset in this chunk where a reply to the client's current requests would start:
-        #: a FATAL exactly there is the server's first reply to them (-1: already replied).
-        clean_at = 0 if client.fresh else -1
-        if self.swallow:
+        #: Offset in this chunk where a reply to what is in flight would start: a FATAL there
+        #: is the server's first reply to it (-1: the client has seen a reply byte already).
+        clean_at = -1 if self.replied else 0
+        if requests and requests[0].action is SWALLOW:
             data, events = self._swallow(data, events)
             if not data:
                 return
-        release = False
+        readies = 0
+        status = _I
         for t, body, end in events:
             if t == MSG_ERROR and _is_fatal(body):
                 # The server is going away (terminated, shutting down). Never hand its FATAL to
@@ -121,40 +115,41 @@ class ServerConnection(ServerSession):
                 if start > 0:
                     stats.bytes_out += start
                     self.outbox.write(client.transport, data[:start])
-                client.fresh = start == clean_at
-                self._fatal(body, client.fresh)
+                self.replied = start != clean_at
+                if readies:
+                    client.on_ready(status, readies)
+                self._fatal(body, not self.replied)
                 return
             if t == MSG_READY_FOR_QUERY:
-                status = body[0]
-                self.tx_status = status
-                client.pending -= 1
-                stats.queries += 1
-                if client.pending <= 0:
-                    if not client.unsynced:
-                        # Everything sent so far is answered: what follows is new.
-                        client.inflight = []
-                        client.answered_on_link = True
-                        clean_at = end
-                    if status == _I:
-                        release = True
-                    else:
-                        client.idle_since = self.pool.clock()  # idle in transaction from now
-                        if client.statement_mode:
-                            client.check_statement_mode(status)
+                status = self.tx_status = body[0]
+                if requests.precise:
+                    requests.batch_done()
+                elif requests:
+                    requests.popleft()
+                readies += 1
+                if not requests:
+                    # Everything sent so far is answered: what follows is new.
+                    self.sent = []
+                    self.answered = True
+                    clean_at = end
             elif t == MSG_PARAMETER_STATUS:
                 name, value = codec.parse_parameter_status(body)
                 self.params[name] = value
-                client.params[name] = value
-                self.param_sig = client.param_sig = None
+                self.param_sig = None
+                client.on_parameter(name, value)
             elif t == MSG_COPY_IN or t == MSG_COPY_BOTH:
-                client.enter_copy_in()
+                client.on_copy_in()
         # No reply to what is in flight reached the client if the chunk ends where the last
         # answer to everything before it did.
-        client.fresh = clean_at == len(data)
+        self.replied = clean_at != len(data)
         stats.bytes_out += len(data)
+        stats.queries += readies
+        if readies:
+            # Before the chunk goes out: a statement-mode violation answers with an error
+            # instead; a release may hand the server on (its next client's bytes go to the
+            # server, this chunk still to this client).
+            client.on_ready(status, readies)
         self.outbox.write(client.transport, data)
-        if release:
-            client.maybe_release()
 
     def _fatal(self, body: bytes, first_reply: bool) -> None:
         """The server sent FATAL and is closing: keep its words for the client's error, and
@@ -170,6 +165,7 @@ class ServerConnection(ServerSession):
     def _swallow(self, data: bytes, events: list[tuple[int, bytes, int]]
                  ) -> tuple[bytes, list[tuple[int, bytes, int]]]:
         """Drop the replies to our own queries (parameter sync) at the head of the stream."""
+        requests = self.requests
         cut = -1
         rest: list[tuple[int, bytes, int]] = []
         for i, (t, body, end) in enumerate(events):
@@ -178,8 +174,7 @@ class ServerConnection(ServerSession):
                 self.params[name] = value
                 self.param_sig = None
                 if self.client is not None:
-                    self.client.params[name] = value
-                    self.client.param_sig = None
+                    self.client.on_parameter(name, value)
             elif t == MSG_ERROR:
                 if _is_fatal(body):
                     # Instead of answering our parameter sync: the client's request, queued
@@ -189,8 +184,10 @@ class ServerConnection(ServerSession):
                 fields = codec.parse_error_fields(body)
                 log.warning("%r: parameter sync failed: %s", self, fields.get("M"))
             elif t == MSG_READY_FOR_QUERY:
-                self.swallow -= 1
-                if not self.swallow:
+                self.tx_status = body[0]
+                requests.batch_done()
+                head = requests.head
+                if head is None or head.action is not SWALLOW:
                     cut = end
                     rest = [(t2, b2, e2 - cut) for t2, b2, e2 in events[i + 1:]]
                     break
@@ -201,17 +198,28 @@ class ServerConnection(ServerSession):
     def _frame(self, data: bytes) -> list[tuple[int, bytes]] | None:
         return None if self._reader is None else self._reader.feed(data)
 
-    def give_back(self) -> None:
-        """Return this (clean, unlinked) server to its pool; while a cancel for the last
-        client's query may still reach it, wait for that first, so it can never hit the next
-        client's query."""
-        if self.cancels_in_flight:
-            self.release_when_cancelled = True
-            return
-        self.pool.checkin(self)
+    # ------------------------------------------------------------------ state
+    def in_transaction(self) -> bool:
+        return self.tx_status != _I
 
     def reusable(self) -> bool:
-        return self.tx_status == _I and not self.swallow and not self.scanner.in_message
+        return not self.requests and self.tx_status == _I and not self.scanner.in_message
+
+    def sync_parameters(self, sql: str) -> None:
+        """Send our own parameter sync ahead of the client's request; its replies are
+        swallowed (a SWALLOW batch of the request queue)."""
+        self.requests.sync(SWALLOW)
+        self.outbox.write(self.transport, codec.query(sql))
+
+    async def reset(self, *, hold: bool) -> None:
+        if self.tx_status != _I:
+            errors = await self.run_internal("ROLLBACK")
+            if errors:
+                raise ServerConnectionLost(f"ROLLBACK failed: {errors[0].get('M')}")
+        if hold:
+            errors = await self.run_internal("DISCARD ALL")
+            if errors:
+                raise ServerConnectionLost(f"DISCARD ALL failed: {errors[0].get('M')}")
 
     # ------------------------------------------------------------------ login
     async def _login(self) -> None:
@@ -265,7 +273,6 @@ class ServerConnection(ServerSession):
             elif t == MSG_READY_FOR_QUERY:
                 self.tx_status = body[0]
                 self._reader = None
-                self.state = S_ACTIVE
                 return
             # NoticeResponse and anything else during login: ignore.
 

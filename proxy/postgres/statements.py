@@ -8,6 +8,7 @@ conservative: when in doubt we pin, because pinning costs pooling, while a miss 
 
 from __future__ import annotations
 
+import enum
 import re
 
 # Cheap pre-filter: a statement that starts with one of these words, or a function call that
@@ -32,7 +33,7 @@ _HARMLESS = frozenset(("jit",))
 _SET_ALIASES = {"time zone": "timezone", "names": "client_encoding"}
 
 
-class PinReason:
+class PinReason(enum.StrEnum):
     """Why a client stays on its server outside a transaction (values are metric labels)."""
 
     SET = "set"
@@ -57,7 +58,7 @@ def _split_statements(sql: bytes) -> list[bytes]:
     return [s.strip() for s in _COMMENTS.sub(b" ", sql).split(b";") if s.strip()]
 
 
-def classify(sql: bytes, tracked: frozenset[str]) -> str | None:
+def classify(sql: bytes, tracked: frozenset[str]) -> PinReason | None:
     """Return a `PinReason` if running `sql` leaves unreported session state, else None.
 
     `tracked` holds lower-cased names of parameters the server reports and poolproxy replays
@@ -66,7 +67,7 @@ def classify(sql: bytes, tracked: frozenset[str]) -> str | None:
     low = sql.lower()
     if not _TRIGGERS.search(low) or not _SUSPECT.search(sql):
         return None
-    reason: str | None = None
+    reason: PinReason | None = None
     for m in _SET_CONFIG.finditer(sql):
         name = m.group(1).decode("utf-8", "replace").lower()
         if m.group(2).lower() == b"false" and name not in tracked and name not in _HARMLESS:
@@ -80,7 +81,7 @@ def classify(sql: bytes, tracked: frozenset[str]) -> str | None:
     return None
 
 
-def _classify_statement(stmt: bytes, tracked: frozenset[str]) -> str | None:
+def _classify_statement(stmt: bytes, tracked: frozenset[str]) -> PinReason | None:
     words = _words(stmt, 6)
     if not words:
         return None

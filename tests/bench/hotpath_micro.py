@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from proxy.config import parse_config  # noqa: E402
-from proxy.listener import ListenerRuntime  # noqa: E402
-from proxy.outbox import outbox_for  # noqa: E402
+from proxy.core.listener import ListenerRuntime  # noqa: E402
+from proxy.core.outbox import outbox_for  # noqa: E402
 from proxy.pool import ClientState, ServerState  # noqa: E402
 from proxy.postgres import codec  # noqa: E402
 from proxy.postgres.client import ClientConnection  # noqa: E402

@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from proxy.config import PoolSettings
-from proxy.console import Console, StatsPeriods
+from proxy.ops.console import Console, StatsPeriods
 from proxy.pool import Pool
 from tests.harness import PgServer, ProxyProcess, make_config, pg_listener
 

@@ -538,8 +538,8 @@ def exported_series() -> dict[str, set[str]]:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from proxy.listener import ListenerRuntime
-    from proxy.metrics import PoolproxyCollector
+    from proxy.core.listener import ListenerRuntime
+    from proxy.ops.metrics import PoolproxyCollector
     from proxy.pool import ClientState
 
     config = parse_config(
@@ -571,7 +571,7 @@ def exported_series() -> dict[str, set[str]]:
 def exported_names_from_families() -> set[str]:
     """Sample names by family type, from the collector over an empty listener list: a counter
     family ``x`` exposes ``x_total``, a histogram ``x_bucket``/``x_sum``/``x_count``."""
-    from proxy.metrics import PoolproxyCollector
+    from proxy.ops.metrics import PoolproxyCollector
 
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
                 "gauge": [""], "info": ["_info"], "summary": ["", "_sum", "_count"]}

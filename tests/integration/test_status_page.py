@@ -35,8 +35,8 @@ import pytest
 
 from proxy import __version__
 from proxy.config import PoolSettings
+from proxy.ops.statuspage import StatusHistory, merge_status
 from proxy.pool import Pool
-from proxy.statuspage import StatusHistory, merge_status
 from tests.harness import PgServer, ProxyProcess, make_config, pg_listener
 from tests.harness.util import admin_url, http_get, metric, wait_for
 

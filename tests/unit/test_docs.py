@@ -408,7 +408,7 @@ def live_exposition() -> str:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from proxy.config import PoolSettings
-    from proxy.metrics import PoolproxyCollector
+    from proxy.ops.metrics import PoolproxyCollector
     from proxy.pool import ClientState, Pool
 
     async def no_connect(pool: Any) -> Any:
@@ -418,7 +418,7 @@ def live_exposition() -> str:
     runtime = types.SimpleNamespace(
         name="pg", pools={("app", "app"): pool},
         clients={_Client(pool, ClientState.ACTIVE, "set")},
-        client_results={"accepted": 1}, pins={"set": 1})
+        client_results={"accepted": 1}, pins={"set": 1}, disconnects={"client_close": 1})
     registry = CollectorRegistry()
     registry.register(PoolproxyCollector(lambda: [runtime]))  # type: ignore[list-item]
     return generate_latest(registry).decode()
@@ -429,7 +429,7 @@ def exported_families() -> dict[str, tuple[str, frozenset[str]]]:
     """Exposed name (counters with _total) -> (type, label names without `le`)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from proxy.metrics import PoolproxyCollector
+    from proxy.ops.metrics import PoolproxyCollector
 
     families: dict[str, tuple[str, frozenset[str]]] = {}
     for family in PoolproxyCollector(lambda: []).collect():  # every family, even with no pool
@@ -545,7 +545,7 @@ def test_metrics_doc_promql_uses_only_exported_series() -> None:
 
 
 def test_metrics_doc_lists_every_label_value() -> None:
-    from proxy.metrics import CLIENT_RESULTS, CLIENT_STATES, SERVER_STATES
+    from proxy.ops.metrics import CLIENT_RESULTS, CLIENT_STATES, SERVER_STATES
     from proxy.pool import CloseReason
 
     values: set[str] = {r.value for r in CloseReason}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from proxy.outbox import Outbox, outbox_for
+from proxy.core.outbox import Outbox, outbox_for
 
 
 class Recorder:

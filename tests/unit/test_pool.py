@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from proxy.errors import QueryWaitTimeout, ServerLoginError, ServerUnavailable
-from proxy.janitor import Janitor
 from proxy.pool import BUCKETS, CloseReason, Pool, ServerState
+from proxy.pool.janitor import Janitor
 from tests.unit.poolfakes import (
     FakeConnect,
     FakeWaiter,
@@ -84,7 +84,7 @@ def test_checkin_never_hands_out_a_server_that_is_not_clean(why: str) -> None:
         else:
             server.client = object()
         pool.checkin(server)
-        assert server.closed_with == [CloseReason.CLIENT_ABORT]
+        assert server.closed_with == [CloseReason.NOT_CLEAN]
         await settle()
         assert waiter.server is not None and waiter.server is not server
         assert connect.calls == 2
@@ -395,17 +395,17 @@ def test_stats_closed_by_reason() -> None:
         pool, _, clock = make_pool(pool_size=4, server_idle_timeout=10.0, server_lifetime=50.0,
                                    server_lifetime_jitter=0.0)
         a, b, c, d = await fill_idle(pool, 4)
-        pool.remove_idle(a, CloseReason.SERVER_ERROR)
+        pool.remove_idle(a, CloseReason.SERVER_CLOSED)
         assert pool.checkout(FakeWaiter()) is d
         pool.discard(d, CloseReason.CLIENT_ABORT)
         assert pool.checkout(FakeWaiter()) is c
         clock.advance(50.0)
         pool.checkin(c)  # expired
         Janitor(lambda: [pool], clock.fn).tick()  # b idle for 50 s
-        assert pool.stats.closed == {"server_error": 1, "client_abort": 1, "lifetime": 1,
+        assert pool.stats.closed == {"server_closed": 1, "client_abort": 1, "lifetime": 1,
                                      "idle_timeout": 1}
         assert [s.closed_with for s in (a, b, c, d)] == [
-            [CloseReason.SERVER_ERROR], [CloseReason.IDLE_TIMEOUT], [CloseReason.LIFETIME],
+            [CloseReason.SERVER_CLOSED], [CloseReason.IDLE_TIMEOUT], [CloseReason.LIFETIME],
             [CloseReason.CLIENT_ABORT]]
         assert pool.total == 0
         assert {r.value for r in CloseReason} >= set(pool.stats.closed)
@@ -418,9 +418,9 @@ def test_discard_of_an_already_closed_server_counts_once() -> None:
         (server,) = await fill_idle(pool, 1)
         assert pool.checkout(FakeWaiter()) is server
         server.state = ServerState.CLOSED  # the connection died by itself
-        pool.discard(server, CloseReason.SERVER_ERROR)
+        pool.discard(server, CloseReason.SERVER_CLOSED)
         assert server.closed_with == [], "not closed a second time"
-        assert pool.stats.closed == {"server_error": 1}
+        assert pool.stats.closed == {"server_closed": 1}
         assert pool.total == 0
     run(main)
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from proxy.errors import ProxyError
-from proxy.janitor import Janitor
 from proxy.pool import ClientState, CloseReason, Pool, ServerState
+from proxy.pool.janitor import Janitor
 from tests.unit.poolfakes import (
     FakeClock,
     FakeServer,
@@ -45,9 +45,14 @@ class FakeClient:
         self.pending = pending
         self.name = name
         self.errors: list[ProxyError] = []
+        self.reasons: list[Any] = []
 
     def fail(self, exc: ProxyError, *args: Any, **kwargs: Any) -> None:
         self.errors.append(exc)
+
+    def timed_out(self, reason: Any, exc: ProxyError) -> None:
+        self.reasons.append(reason)
+        self.fail(exc)
 
     def __repr__(self) -> str:
         return f"<FakeClient {self.name} {self.state.value}>"
@@ -96,7 +101,7 @@ def test_server_idle_longer_than_check_delay_is_tested_then_handed_out() -> None
         pool.checkin(server)
         assert pool.checkout(FakeWaiter()) is server
         assert server.checks == [4.0]
-        assert not pool._tasks, "no task left behind"
+        assert not pool.driver.tasks, "no task left behind"
     run(main)
 
 
@@ -190,7 +195,7 @@ def test_close_all_during_health_check_closes_the_server_once() -> None:
         server.check_gate.set()
         await settle()
         assert server.closed_with == [CloseReason.SHUTDOWN]
-        assert not pool.testing and pool.total == 0 and not pool._tasks
+        assert not pool.testing and pool.total == 0 and not pool.driver.tasks
     run(main)
 
 
@@ -319,7 +324,7 @@ def test_janitor_reopens_to_min_pool_size_after_a_discard() -> None:
         janitor.tick()
         await settle()
         gone = pool.idle[0]
-        pool.remove_idle(gone, CloseReason.SERVER_ERROR)
+        pool.remove_idle(gone, CloseReason.SERVER_CLOSED)
         assert pool.total == 2
         janitor.tick()
         await settle()
@@ -553,7 +558,7 @@ def test_lifetime_renewal_is_spread_over_ticks_under_load() -> None:
             f"not all expired servers renewed: {per_period}")
         assert max(per_period) <= 2, per_period
         assert len(per_period) >= 16 // 2, "renewals are spread over several periods"
-        assert not pool._tasks
+        assert not pool.driver.tasks
         assert connect.calls >= 16
     run(main)
 

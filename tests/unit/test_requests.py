@@ -111,14 +111,29 @@ def test_plain_messages_of_a_precise_batch_keep_their_place() -> None:
     assert [(chr(s.kind), s.action) for s in head.steps] == [("P", SWALLOW), ("B", FORWARD)]
 
 
-def test_copy_in_drops_syncs_the_server_ignores() -> None:
+def test_copy_in_ignores_the_syncs_sent_during_copy() -> None:
+    """Execute(COPY FROM STDIN) Sync Sync ... CopyDone Sync: PostgreSQL answers only the last
+    Sync; the COPY's batch runs on to it."""
     q = RequestQueue()
-    q.sync(SWALLOW)
     q.add_message()
-    q.sync()  # Execute(COPY FROM STDIN) + Sync
-    q.sync()  # another Sync: PostgreSQL ignores Syncs during COPY IN
-    q.drop_synced(2)
-    assert [b.action for b in q] == [SWALLOW]
+    q.sent(2, False)  # Execute + Sync, then another Sync
+    q.sent(1, False)  # CopyData, CopyDone, Sync
+    assert len(q) == 3
+    q.ignore_syncs(2)  # CopyInResponse: the two Syncs sent before it are ignored
+    assert len(q) == 1 and q.head is not None and q.head.synced
+    q.batch_done()
+    assert not q
+
+
+def test_sent_counts_sync_points_per_chunk() -> None:
+    q = RequestQueue()
+    q.sent(0, True)  # Parse Bind (no Sync yet)
+    q.sent(0, True)  # Execute
+    assert len(q) == 1 and q.open is not None
+    q.sent(2, True)  # Sync, Query, Parse
+    assert len(q) == 3 and q.forwarded() == 2 and q.open is not None
+    q.sent(0, False)  # a Flush alone: nothing more owed
+    assert len(q) == 3
 
 
 def test_clear_tells_every_pending_step_it_failed() -> None:
@@ -127,5 +142,6 @@ def test_clear_tells_every_pending_step_it_failed() -> None:
     q.add_step(ord("P"), SWALLOW, on_done=seen.append)
     q.sync()
     q.sync()
-    assert len(q.clear()) == 2
+    assert len(q) == 2
+    q.clear()
     assert seen == [False] and not q and q.precise == 0

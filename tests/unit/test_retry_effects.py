@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from proxy.effects import Effect, is_literal_select, may_have_committed, split_statements
+from proxy.core.effects import Effect, is_literal_select, may_have_committed, split_statements
 from proxy.mysql import codec as mycodec
 from proxy.mysql.retry import command_effects
 from proxy.mysql.retry import statement_effect as my_effect
@@ -167,8 +167,8 @@ def test_pg_sql_effects() -> None:
 # --------------------------------------------------------------------------- MySQL
 
 
-def com_query(sql: bytes) -> tuple[int, bytes]:
-    return mycodec.COM_QUERY, mycodec.encode_packet(0, bytes((mycodec.COM_QUERY,)) + sql)
+def com_query(sql: bytes) -> bytes:
+    return mycodec.encode_packet(0, bytes((mycodec.COM_QUERY,)) + sql)
 
 
 @pytest.mark.parametrize(("sql", "effect"), [
@@ -202,12 +202,14 @@ def test_mysql_statement_effects(sql: bytes, effect: Effect) -> None:
 
 
 def test_mysql_commands() -> None:
-    none = [(cmd, mycodec.encode_packet(0, bytes((cmd,)))) for cmd in (
+    none = [mycodec.encode_packet(0, bytes((cmd,))) for cmd in (
         mycodec.COM_PING, mycodec.COM_INIT_DB, mycodec.COM_STMT_PREPARE, mycodec.COM_STMT_CLOSE,
         mycodec.COM_STMT_RESET, mycodec.COM_SET_OPTION)]
     assert command_effects(none) == []
-    assert command_effects([(mycodec.COM_STMT_EXECUTE, b"...")]) == [E.DURABLE]
-    assert command_effects([(mycodec.COM_RESET_CONNECTION, b"...")]) == [E.ROLLBACK]
+    assert command_effects([mycodec.encode_packet(0, bytes((mycodec.COM_STMT_EXECUTE,)))]) \
+        == [E.DURABLE]
+    assert command_effects([mycodec.encode_packet(0, bytes((mycodec.COM_RESET_CONNECTION,)))]) \
+        == [E.ROLLBACK]
     assert not may_have_committed(command_effects([com_query(b"START TRANSACTION")]), False)
     assert may_have_committed(command_effects([com_query(b"UPDATE t SET n = 1")]), False)
     # With autocommit off (the server reports it), a DML statement stays uncommitted.

@@ -1,8 +1,9 @@
 """Runtime state of one listener: its pools, clients, cancel keys and counters.
 
-Protocol-agnostic: the protocol package supplies the client Protocol class and the coroutine that
-opens a server connection; this module owns what both need (pools per (database, user),
-the client registry, SCRAM verifier cache, per-listener counters read by metrics).
+Protocol-agnostic: the protocol package hands in a `ProtocolAdapter` (client factory, server
+opener, cancel); this module owns what both need (pools per (database, user), aligning idle
+limits below the database's own, the client registry, cancel routing, the SCRAM verifier cache,
+per-listener counters read by metrics).
 """
 
 from __future__ import annotations
@@ -10,38 +11,67 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .auth import scram
-from .config import ListenerConfig
-from .pool import Clock, CloseReason, Pool
+from ..auth import scram
+from ..config import ListenerConfig
+from ..pool import Clock, CloseReason, Pool
+
+if TYPE_CHECKING:
+    from ..ops.console import Operations
+    from .reasons import ClientResult, DisconnectReason
+    from .server import ServerSession
+    from .session import ClientSession
 
 log = logging.getLogger("poolproxy.listener")
 
-#: (listener runtime, pool, server dbname, user, password) -> logged-in server connection
-ServerOpener = Callable[["ListenerRuntime", Pool, str, str, "str | None"], Awaitable[Any]]
+
+class ProtocolAdapter(Protocol):
+    """What a protocol package provides to run a listener (postgres/adapter.py,
+    mysql/adapter.py)."""
+
+    protocol: str
+
+    def client(self, runtime: ListenerRuntime) -> ClientSession[Any]:
+        """A new client session (the asyncio protocol of an accepted connection)."""
+        ...
+
+    async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
+                          password: str | None) -> ServerSession:
+        """Connect and log in to the database for `pool`."""
+        ...
+
+    async def cancel(self, runtime: ListenerRuntime, server: ServerSession) -> None:
+        """Cancel what `server` is running (PostgreSQL's CancelRequest; no-op where none)."""
+        ...
+
+    async def prepare(self, runtime: ListenerRuntime) -> None:
+        """Before listening (MySQL: fetch the server's greeting to show clients)."""
+        ...
 
 
 class ListenerRuntime:
-    def __init__(self, config: ListenerConfig, opener: ServerOpener,
+    def __init__(self, config: ListenerConfig, adapter: ProtocolAdapter,
                  loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self.config = config
-        self.opener = opener
+        self.adapter = adapter
         self.loop = loop
         self.clock = clock
         self.pools: dict[tuple[Any, ...], Pool] = {}
         #: MySQL: the server's greeting (version, capabilities) shown to clients.
         self.greeting: Any = None
         self._next_conn_id = 0
-        self.clients: set[Any] = set()
-        self.cancel_keys: dict[int, Any] = {}
+        self.clients: set[ClientSession[Any]] = set()
+        self.cancel_keys: dict[int, ClientSession[Any]] = {}
         self.draining = False
-        self.daemon: Any = None
+        #: The daemon's operations (admin console, worker handle); None in unit tests.
+        self.operations: Operations | None = None
         #: Databases held by the admin console's PAUSE ("*" = all); shared with the daemon.
         self.paused_databases: set[str] = set()
         self.server: asyncio.AbstractServer | None = None
         self.client_results: dict[str, int] = {}
+        self.disconnects: dict[str, int] = {}
         self.pins: dict[str, int] = {}
         self._verifiers: dict[tuple[str, str], scram.ScramVerifier] = {}
         #: (parameter, value as a client sent it) -> the server's canonical spelling.
@@ -51,6 +81,10 @@ class ListenerRuntime:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def new_client(self) -> ClientSession[Any]:
+        """The protocol factory handed to the event loop's server."""
+        return self.adapter.client(self)
 
     # ------------------------------------------------------------------ pools
     def get_pool(self, database: str, user: str, variant: Any = None) -> Pool:
@@ -65,11 +99,11 @@ class ListenerRuntime:
             settings = cfg.settings_for(dbcfg, ucfg)
             server_db = cfg.server_dbname(database) or database
 
-            def connect(p: Pool) -> Awaitable[Any]:
+            def connect(p: Pool) -> Awaitable[ServerSession]:
                 # Read the password at each open, so a reloaded config applies.
                 current = self.config.user(user)
                 password = current.password if current is not None else None
-                return self.opener(self, p, server_db, user, password)
+                return self.open_server(p, server_db, user, password)
 
             pool = Pool(cfg.name, database, user, settings, connect, self.clock)
             pool.variant = variant
@@ -79,6 +113,22 @@ class ListenerRuntime:
             pool.paused = "*" in paused or database in paused
             self.pools[key] = pool
         return pool
+
+    async def open_server(self, pool: Pool, dbname: str, user: str,
+                          password: str | None) -> ServerSession:
+        server = await self.adapter.open_server(self, pool, dbname, user, password)
+        if pool.db_idle_limit is None and not pool.idle_limit_checked:
+            # On a pool's first connection, learn the database's own idle limit and stay
+            # below it (MySQL wait_timeout, PostgreSQL idle_session_timeout).
+            pool.idle_limit_checked = True
+            try:
+                limit = await server.idle_limit()
+            except Exception as exc:  # advisory: never fail a login over it
+                log.debug("%r: could not read %s: %s", pool, server.IDLE_LIMIT_NAME, exc)
+            else:
+                if limit:
+                    pool.align_idle_limit(limit, server.IDLE_LIMIT_NAME)
+        return server
 
     def _db_has_room(self, pool: Pool) -> bool:
         """max_db_connections: servers to one database over all its users' pools. When the
@@ -96,20 +146,22 @@ class ListenerRuntime:
         return False
 
     # ------------------------------------------------------------------ clients
-    def client_connected(self, client: Any) -> None:
+    def client_connected(self, client: ClientSession[Any]) -> None:
         self.clients.add(client)
 
-    def client_disconnected(self, client: Any) -> None:
+    def client_disconnected(self, client: ClientSession[Any], reason: DisconnectReason) -> None:
         self.clients.discard(client)
-        key = getattr(client, "key", None)
-        if key and self.cancel_keys.get(key[0]) is client:
+        self.disconnects[reason.value] = self.disconnects.get(reason.value, 0) + 1
+        key = client.key
+        if key[0] and self.cancel_keys.get(key[0]) is client:
             del self.cancel_keys[key[0]]
 
     def next_connection_id(self) -> int:
         self._next_conn_id = (self._next_conn_id + 1) & 0x7FFFFFFF or 1
         return self._next_conn_id
 
-    def register_cancel_key(self, client: Any) -> tuple[int, int]:
+    # ------------------------------------------------------------------ cancel requests
+    def register_cancel_key(self, client: ClientSession[Any]) -> tuple[int, int]:
         index, count = self.config.share
         while True:
             # With N workers, a key's pid is ≡ the worker's index (mod N): a cancel request
@@ -124,7 +176,8 @@ class ListenerRuntime:
         """Route a CancelRequest to the server the client holds right now, or drop it."""
         client = self.cancel_keys.get(pid)
         index, count = self.config.share
-        worker = self.daemon.worker if self.daemon is not None else None
+        ops = self.operations
+        worker = ops.worker if ops is not None else None
         if client is None and not forwarded and worker is not None and pid % count != index:
             log.debug("cancel request forwarded to worker %d", pid % count)
             self.spawn(self._forward_cancel(worker, pid % count, pid, secret))
@@ -133,7 +186,7 @@ class ListenerRuntime:
             log.debug("cancel request for unknown key dropped")
             return
         server = client.server
-        if server is None or client.pending <= 0:
+        if server is None or not server.requests:
             log.debug("%r: cancel dropped: no query running", client)
             return
         server.cancels_in_flight += 1
@@ -145,22 +198,23 @@ class ListenerRuntime:
         except (OSError, TimeoutError) as exc:
             log.warning("cannot forward a cancel request to worker %d: %s", index, exc)
 
-    async def cancel_server(self, server: Any) -> None:
-        """Send a CancelRequest for whatever `server` is running (PostgreSQL)."""
-        from .postgres.server import send_cancel
+    async def cancel(self, server: ServerSession) -> bool:
+        """Cancel whatever `server` is running (the protocol's way); False if the delivery was
+        not confirmed (the request may still arrive later)."""
         try:
-            await send_cancel(self.config.server.target, self.config.server.port, server.key)
+            await self.adapter.cancel(self, server)
         except (TimeoutError, OSError) as exc:
-            log.warning("cancel request to server failed: %s", exc)
+            log.warning("%r: cancel request to server not confirmed (%s); the server will be "
+                        "closed rather than reused", server, exc)
+            return False
+        return True
 
-    async def _cancel(self, server: Any) -> None:
+    async def _cancel(self, server: ServerSession) -> None:
+        confirmed = False
         try:
-            await self.cancel_server(server)
+            confirmed = await self.cancel(server)
         finally:
-            server.cancels_in_flight -= 1
-            if not server.cancels_in_flight and server.release_when_cancelled:
-                server.release_when_cancelled = False
-                server.give_back()
+            server.cancel_done(confirmed)
 
     def scram_verifier(self, user: str, password: str | None) -> scram.ScramVerifier:
         """Per-user verifier, derived once (PBKDF2 is too slow for every login)."""
@@ -173,8 +227,8 @@ class ListenerRuntime:
         return verifier
 
     # ------------------------------------------------------------------ counters
-    def count_result(self, result: str) -> None:
-        self.client_results[result] = self.client_results.get(result, 0) + 1
+    def count_result(self, result: ClientResult) -> None:
+        self.client_results[result.value] = self.client_results.get(result.value, 0) + 1
 
     def count_pin(self, reason: str) -> None:
         self.pins[reason] = self.pins.get(reason, 0) + 1

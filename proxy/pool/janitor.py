@@ -11,7 +11,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .errors import ProxyError
+from ..core.reasons import DisconnectReason
+from ..core.session import ClientSession
+from ..errors import ProxyError
 from .pool import ClientState, Pool
 
 log = logging.getLogger("poolproxy.janitor")
@@ -19,7 +21,8 @@ log = logging.getLogger("poolproxy.janitor")
 
 class Janitor:
     def __init__(self, pools: Callable[[], Iterable[Pool]], clock: Callable[[], float],
-                 period: float = 0.25, clients: Callable[[], Iterable[Any]] = lambda: ()) -> None:
+                 period: float = 0.25,
+                 clients: Callable[[], Iterable[ClientSession[Any]]] = lambda: ()) -> None:
         self.pools = pools
         self.clients = clients
         self.clock = clock
@@ -35,7 +38,7 @@ class Janitor:
             self._client_timeouts(client, now)
 
     @staticmethod
-    def _client_timeouts(client: Any, now: float) -> None:
+    def _client_timeouts(client: ClientSession[Any], now: float) -> None:
         """Close clients idle too long, between transactions or inside one (the latter's
         server is rolled back and reused by the normal disconnect path)."""
         pool = client.pool
@@ -47,7 +50,7 @@ class Janitor:
             timeout = settings.client_idle_timeout
             if 0 < timeout <= idle:
                 log.info("%r: closing: idle for %.1fs (client_idle_timeout)", client, idle)
-                client.fail(ProxyError(
+                client.timed_out(DisconnectReason.IDLE_TIMEOUT, ProxyError(
                     f"client_idle_timeout: connection idle for more than {timeout:g}s",
                     sqlstate="57P05", mysql_errno=4031, hint="reconnect"))
         elif client.state is ClientState.ACTIVE and client.pending <= 0:
@@ -55,7 +58,7 @@ class Janitor:
             if 0 < timeout <= idle:
                 log.info("%r: closing: idle in transaction for %.1fs (idle_transaction_timeout)",
                          client, idle)
-                client.fail(ProxyError(
+                client.timed_out(DisconnectReason.IDLE_TRANSACTION_TIMEOUT, ProxyError(
                     f"idle_transaction_timeout: transaction idle for more than {timeout:g}s; "
                     "it was rolled back", sqlstate="25P03", mysql_errno=4031,
                     hint="commit or roll back promptly, or raise idle_transaction_timeout"))

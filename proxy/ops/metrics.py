@@ -17,16 +17,19 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .pool import BUCKETS, ClientState, CloseReason, Pool
+from .. import __version__
+from ..core.reasons import ClientResult, DisconnectReason
+from ..pool import BUCKETS, CLOSE_CATEGORIES, ClientState, CloseReason, Pool
 
 if TYPE_CHECKING:
-    from .listener import ListenerRuntime
+    from ..core.listener import ListenerRuntime
 
 POOL_LABELS = ("listener", "database", "user")
 CLIENT_STATES = ("active", "waiting", "idle")
 SERVER_STATES = ("active", "idle", "login", "testing")
-CLIENT_RESULTS = ("accepted", "auth_failed", "limit", "protocol_error")
+CLIENT_RESULTS = tuple(result.value for result in ClientResult)
+DISCONNECT_REASONS = tuple(reason.value for reason in DisconnectReason)
+CLOSE_CAUSES = tuple(reason.value for reason in CloseReason)
 _CLIENT_STATE_LABEL = {ClientState.ACTIVE: "active", ClientState.WAITING: "waiting",
                        ClientState.IDLE: "idle"}
 #: Settings exported as gauges (poolproxy_<name>), per pool: limits, then durations.
@@ -143,6 +146,9 @@ class PoolproxyCollector(Collector):
         closed = CounterMetricFamily("poolproxy_server_connections_closed",
                                      "Server connections closed, by reason",
                                      labels=[*POOL_LABELS, "reason"])
+        causes = CounterMetricFamily("poolproxy_server_close_causes",
+                                     "Server connections closed, by precise cause",
+                                     labels=[*POOL_LABELS, "cause"])
         nbytes = CounterMetricFamily("poolproxy_bytes", "Bytes forwarded",
                                      labels=[*POOL_LABELS, "direction"])
         for key, group in groups.items():
@@ -155,12 +161,16 @@ class PoolproxyCollector(Collector):
             xacts.add_metric(labels, sum(st.transactions for st in stats))
             queries.add_metric(labels, sum(st.queries for st in stats))
             opened.add_metric(labels, sum(st.opened for st in stats))
+            by_category = dict.fromkeys(CLOSE_CATEGORIES, 0)
             for close_reason in CloseReason:
-                closed.add_metric([*labels, close_reason.value],
-                                  sum(st.closed.get(close_reason.value, 0) for st in stats))
+                n = sum(st.closed.get(close_reason.value, 0) for st in stats)
+                by_category[close_reason.category] += n
+                causes.add_metric([*labels, close_reason.value], n)
+            for category, n in by_category.items():
+                closed.add_metric([*labels, category], n)
             nbytes.add_metric([*labels, "client_to_server"], sum(st.bytes_in for st in stats))
             nbytes.add_metric([*labels, "server_to_client"], sum(st.bytes_out for st in stats))
-        yield from (wait_h, xact_h, xacts, queries, opened, closed, nbytes)
+        yield from (wait_h, xact_h, xacts, queries, opened, closed, causes, nbytes)
 
         conns = CounterMetricFamily("poolproxy_client_connections",
                                     "Client connection attempts by result",
@@ -171,19 +181,24 @@ class PoolproxyCollector(Collector):
         pins_total = CounterMetricFamily("poolproxy_client_pins",
                                          "Times a client was pinned, by reason",
                                          labels=["listener", "reason"])
+        gone = CounterMetricFamily("poolproxy_client_disconnects",
+                                   "Client connections ended, by reason",
+                                   labels=["listener", "reason"])
         for rt in listeners:
             for result in CLIENT_RESULTS:
                 conns.add_metric([rt.name, result], rt.client_results.get(result, 0))
+            for reason in DISCONNECT_REASONS:
+                gone.add_metric([rt.name, reason], rt.disconnects.get(reason, 0))
             current: dict[str, int] = {}
             for client in rt.clients:
-                reason = getattr(client, "pinned", None)
-                if reason:
-                    current[reason] = current.get(reason, 0) + 1
+                pin = client.pinned
+                if pin is not None:
+                    current[str(pin)] = current.get(str(pin), 0) + 1
             for reason, n in sorted(current.items()):
                 pinned.add_metric([rt.name, reason], n)
             for reason, n in sorted(rt.pins.items()):
                 pins_total.add_metric([rt.name, reason], n)
-        yield from (conns, pinned, pins_total)
+        yield from (conns, pinned, pins_total, gone)
 
         for name in CONFIG_GAUGES:
             gauge = GaugeMetricFamily(f"poolproxy_{name}", f"Configured {name} (effective value)",

@@ -30,13 +30,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import __version__
+from .. import __version__
+from ..pool import Pool
 from .metrics import CLIENT_RESULTS, CLIENT_STATES, SERVER_STATES, pool_client_states
-from .pool import Pool
 
 if TYPE_CHECKING:
+    from ..core.listener import ListenerRuntime
     from .console import Operations
-    from .listener import ListenerRuntime
 
 log = logging.getLogger("poolproxy.status")
 

@@ -32,14 +32,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import __version__
-from .config import Config, format_duration
-from .pool import ClientState, Clock, Pool, ServerState
-from .postgres import codec
+from .. import __version__
+from ..config import Config, format_duration
+from ..pool import ClientState, Clock, Pool, ServerState
+from ..postgres import codec
 
 if TYPE_CHECKING:
-    from .listener import ListenerRuntime
-    from .workers import WorkerContext
+    from ..core.listener import ListenerRuntime
+    from ..workers import WorkerContext
 
 log = logging.getLogger("poolproxy.console")
 
@@ -239,7 +239,7 @@ class Console:
         if verb == "RELOAD":
             if worker is not None:
                 # Every worker reloads: the supervisor checks the file and signals them all.
-                from .config import ConfigError, load_config
+                from ..config import ConfigError, load_config
                 try:
                     load_config(self.ops.config.source)
                 except ConfigError as exc:
@@ -385,7 +385,8 @@ class Console:
                 wait = (pool.clock() - client.wait_started) if (
                     pool is not None and client.state is ClientState.WAITING) else 0.0
                 params = getattr(client, "params", {}) or {}
-                rows.append(["C", client.user, pool.database if pool else client.database, state,
+                rows.append(["C", client.user, pool.database if pool else getattr(client, "database", ""),
+                             state,
                              addr, int(port) if port.isdigit() else 0, "", 0, "", "",
                              int(wait), _us(wait) % 1_000_000, 0, f"{id(client):x}",
                              f"{id(client.server):x}" if client.server else "",
@@ -416,7 +417,7 @@ class Console:
         return _result(cols, rows, "SHOW")
 
     def show_config(self) -> bytes:
-        from .config import PoolSettings
+        from ..config import PoolSettings
         cols = [("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT)]
         cfg = self.ops.config
         default = PoolSettings()

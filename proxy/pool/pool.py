@@ -1,14 +1,14 @@
 """Protocol-agnostic server pool per (listener, database, user): idle servers, FIFO waiters, limits.
 
-The pool never parses bytes. Sessions check servers out and in; the pool decides which server a
-waiter gets, when a new connection is opened (through an injected `connect` coroutine), and
-when a returned server is too old to keep. Time comes from an injected clock so tests of the
-timeouts need not sleep.
+Pure state: the pool never parses bytes, never sleeps and starts no task. Sessions check
+servers out and in; the pool decides which server a waiter gets, when a connection should be
+opened or health-checked (its `PoolDriver`, driver.py, does that I/O and reports back) and when
+a returned server is too old to keep. Every decision takes `now` from the caller (or the
+injected clock), so tests of the timeouts need not sleep.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import random
@@ -18,8 +18,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from .config import PoolSettings
-from .errors import ProxyError, QueryWaitTimeout, ServerLoginError
+from ..config import PoolSettings
+from ..errors import ProxyError, QueryWaitTimeout, ServerLoginError
+from .driver import PoolDriver
 
 log = logging.getLogger("poolproxy.pool")
 
@@ -47,27 +48,60 @@ S_LOGIN, S_IDLE, S_ACTIVE, S_TESTING, S_CLOSED = ServerState
 
 
 class CloseReason(enum.Enum):
-    """Why a server connection was closed; the value is both log text and metrics label."""
+    """Why a server connection was closed, one member per cause; the value is the log text
+    and the `cause` label, `category` the `reason` label of the closed-connections metric (a
+    fixed set of eight)."""
 
-    IDLE_TIMEOUT = "idle_timeout"
-    LIFETIME = "lifetime"
-    CHECK_FAILED = "check_failed"
-    SERVER_ERROR = "server_error"
-    CLIENT_ABORT = "client_abort"
+    IDLE_TIMEOUT = "idle_timeout"  # idle longer than server_idle_timeout (or the db's limit)
+    NO_CLIENTS = "no_clients"  # a "*" database without clients (so DROP DATABASE works)
+    LIFETIME = "lifetime"  # older than server_lifetime
+    CHECK_FAILED = "check_failed"  # the health check before reuse failed
+    SERVER_FATAL = "server_fatal"  # the server said it is going away (FATAL, ERR 1927, ...)
+    SERVER_CLOSED = "server_closed"  # the connection ended without a word from the server
+    SERVER_PROTOCOL_ERROR = "server_protocol_error"  # the server sent invalid data
+    UNSOLICITED = "unsolicited_data"  # an idle server sent something
+    LOGIN_FAILED = "login_failed"  # logging in to the server failed or timed out
+    RESET_FAILED = "reset_failed"  # ROLLBACK / DISCARD ALL / COM_RESET_CONNECTION failed
+    SYNC_FAILED = "session_sync_failed"  # restoring a client's session state failed
+    CLIENT_ABORT = "client_abort"  # its client left in the middle of a request
+    NOT_CLEAN = "not_clean"  # checked in owing a reply or inside a transaction (a bug)
+    CANCEL_UNCONFIRMED = "cancel_unconfirmed"  # a cancel for it may still arrive
     CONFIG_RELOAD = "config_reload"
     SHUTDOWN = "shutdown"
-    POOL_LIMIT = "pool_limit"
+    POOL_LIMIT = "pool_limit"  # over pool_size / max_db_connections after a change
+
+    @property
+    def category(self) -> str:
+        return _CATEGORY.get(self, self.value)
+
+
+_CATEGORY = {
+    CloseReason.NO_CLIENTS: "idle_timeout",
+    CloseReason.SERVER_FATAL: "server_error", CloseReason.SERVER_CLOSED: "server_error",
+    CloseReason.SERVER_PROTOCOL_ERROR: "server_error", CloseReason.UNSOLICITED: "server_error",
+    CloseReason.LOGIN_FAILED: "server_error", CloseReason.RESET_FAILED: "server_error",
+    CloseReason.SYNC_FAILED: "server_error", CloseReason.NOT_CLEAN: "client_abort",
+    CloseReason.CANCEL_UNCONFIRMED: "client_abort",
+}
+#: The `reason` label values of poolproxy_server_connections_closed_total.
+CLOSE_CATEGORIES = ("idle_timeout", "lifetime", "check_failed", "server_error", "client_abort",
+                    "config_reload", "shutdown", "pool_limit")
 
 
 class PooledServer(Protocol):
-    """What the pool needs of a server connection (implemented per protocol)."""
+    """What the pool needs of a server connection (core.session.ServerSession)."""
 
     state: ServerState
     created_at: float
     last_used: float
     expires_at: float
+    client: Any
 
     def close(self, reason: CloseReason) -> None: ...
+
+    def reusable(self) -> bool: ...
+
+    async def health_check(self, timeout: float) -> bool: ...
 
 
 class Waiter(Protocol):
@@ -124,10 +158,10 @@ class Pool:
         self.database = database
         self.user = user
         self.settings = settings
-        self._connect = connect
         self.clock = clock
-        self.idle: deque[Any] = deque()  # LIFO: hot servers stay hot, cold ones age out
-        self.active: set[Any] = set()
+        self.driver = PoolDriver(self, connect)
+        self.idle: deque[PooledServer] = deque()  # LIFO: hot servers stay hot, cold ones age out
+        self.active: set[PooledServer] = set()
         self.waiters: deque[Waiter] = deque()
         self.opening = 0
         self.clients = 0  # logged-in clients of this pool
@@ -140,7 +174,7 @@ class Pool:
         self.closed = False
         #: Protocol-specific split of the pool (MySQL: capability flags, charset); None for PG.
         self.variant: Any = None
-        self.testing: set[Any] = set()
+        self.testing: set[PooledServer] = set()
         #: Set by the listener: True while max_db_connections leaves room for one more.
         self.db_has_room: Callable[[], bool] = lambda: True
         #: server_idle_timeout lowered below the database's own idle limit (None: as configured).
@@ -150,8 +184,12 @@ class Pool:
         self.clients_gone_at = 0.0
         self.idle_timeout_cap: float | None = None
         self.db_idle_limit: float | None = None
+        #: The database's own idle limit was asked for (on the pool's first connection).
+        self.idle_limit_checked = False
         self._lifetime_budget = max(1, settings.pool_size // 8)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Why the pool was closed (shutdown, or gone from the config): what late check-ins
+        #: are closed with.
+        self.closed_with = CloseReason.SHUTDOWN
 
     # ------------------------------------------------------------------ accounting
     @property
@@ -196,49 +234,44 @@ class Pool:
         return f"<Pool {self.listener}/{self.database}/{self.user}>"
 
     # ------------------------------------------------------------------ checkout / checkin
-    def checkout(self, waiter: Waiter) -> Any | None:
+    def checkout(self, waiter: Waiter, now: float | None = None) -> Any | None:
         """Return an idle server at once, or queue `waiter` (FIFO) and return None.
 
         A server idle longer than server_check_delay is health-checked first (the waiter gets
         it, or a replacement, when the check is done), so a connection the database dropped
         while it sat in the pool never reaches a client."""
+        if now is None:
+            now = self.clock()
         if self.idle and not self.waiters and not self.paused:
             server = self.idle.pop()
             delay = self.settings.server_check_delay
-            now = self.clock()
             if delay > 0 and now - server.last_used > delay:
                 waiter.wait_started = now
                 self.waiters.append(waiter)
-                self._health_check(server)
+                server.state = S_TESTING
+                self.testing.add(server)
+                self.driver.check(server)
                 return None
             server.state = S_ACTIVE
             self.active.add(server)
             self.stats.wait_count += 1
             self.stats.wait_hist[0] += 1
             return server
-        waiter.wait_started = self.clock()
+        waiter.wait_started = now
         self.waiters.append(waiter)
-        self._maybe_open()
+        self._maybe_open(now)
         return None
 
-    def _health_check(self, server: Any) -> None:
-        server.state = S_TESTING
-        self.testing.add(server)
-        self._spawn(self._check(server))
-
-    async def _check(self, server: Any) -> None:
-        try:
-            ok = await server.health_check(self.settings.server_connect_timeout)
-        except Exception:
-            ok = False
+    def check_done(self, server: PooledServer, ok: bool, now: float | None = None) -> None:
+        """The driver's health check of `server` finished."""
         self.testing.discard(server)
         if ok and server.state is not S_CLOSED and not self.closed:
-            server.last_used = self.clock()
-            self._hand_out(server)
+            server.last_used = self.clock() if now is None else now
+            self._hand_out(server, now)
             return
         log.info("%r: health check failed; replacing the connection", server)
         self._close(server, CloseReason.CHECK_FAILED)
-        self._maybe_open()
+        self._maybe_open(now)
 
     def cancel_wait(self, waiter: Waiter) -> None:
         try:
@@ -246,33 +279,33 @@ class Pool:
         except ValueError:
             pass
 
-    def checkin(self, server: Any, now: float | None = None) -> None:
+    def checkin(self, server: PooledServer, now: float | None = None) -> None:
         """A server is clean again: hand it to the first waiter or park it idle. `now`: the
         caller's reading of the pool clock, if it has one."""
         self.active.discard(server)
+        if now is None:
+            now = self.clock()
         if server.state is S_CLOSED:
-            self._maybe_open()
+            self._maybe_open(now)
             return
         if server.client is not None or not server.reusable():
             # A bug upstream, never a reason to hand one client's leftovers to another.
             log.error("%r: checked in while not clean (linked, in a transaction or owing a "
                       "reply); closing it", server)
-            self._close(server, CloseReason.CLIENT_ABORT)
-            self._maybe_open()
+            self._close(server, CloseReason.NOT_CLEAN)
+            self._maybe_open(now)
             return
-        if now is None:
-            now = self.clock()
         server.last_used = now
         if self.closed:
-            server.close(CloseReason.CONFIG_RELOAD)
+            self._close(server, self.closed_with)
             return
         if now >= server.expires_at and self._lifetime_budget > 0:
             # At most a few lifetime closes per janitor period, so a pool opened all at once
             # is renewed gradually; an expired server stays in use until its turn.
             self._lifetime_budget -= 1
             self._close(server, CloseReason.LIFETIME)
-            self._maybe_open()
-            self.top_up()
+            self._maybe_open(now)
+            self.top_up(now)
             return
         if self.total >= self.limit:
             # Over the limit counting this server (pool_size lowered by a reload): shrink even
@@ -281,19 +314,19 @@ class Pool:
             return
         self._hand_out(server, now)
 
-    def resume(self) -> None:
+    def resume(self, now: float | None = None) -> None:
         """End a PAUSE: serve the clients that queued meanwhile."""
         self.paused = False
         while self.idle and self.waiters:
-            self._hand_out(self.idle.pop())
-        self._maybe_open()
+            self._hand_out(self.idle.pop(), now)
+        self._maybe_open(now)
 
-    def reconfigured(self) -> None:
+    def reconfigured(self, now: float | None = None) -> None:
         """Settings changed (reload): trim idle servers over a smaller pool_size now, open
         for waiters if it grew; busy servers over the limit close when they come back."""
         while self.idle and self.total > self.limit:
             self._close(self.idle.popleft(), CloseReason.CONFIG_RELOAD)
-        self._maybe_open()
+        self._maybe_open(now)
 
     def transaction_done(self, duration: float) -> None:
         stats = self.stats
@@ -301,7 +334,8 @@ class Pool:
         stats.xact_time_total += duration
         stats.xact_hist[bisect_left(BUCKETS, duration)] += 1
 
-    def discard(self, server: Any, reason: CloseReason) -> None:
+    def discard(self, server: PooledServer, reason: CloseReason,
+                now: float | None = None) -> None:
         """Remove a server (active or idle) that must not be reused."""
         self.active.discard(server)
         try:
@@ -312,9 +346,9 @@ class Pool:
             self._close(server, reason)
         else:
             self._count_close(reason)
-        self._maybe_open()
+        self._maybe_open(now)
 
-    def _hand_out(self, server: Any, now: float | None = None) -> None:
+    def _hand_out(self, server: PooledServer, now: float | None = None) -> None:
         waiters = self.waiters
         while waiters and not self.paused:
             waiter = waiters.popleft()
@@ -336,7 +370,7 @@ class Pool:
         server.state = S_IDLE
         self.idle.append(server)
 
-    def _close(self, server: Any, reason: CloseReason) -> None:
+    def _close(self, server: PooledServer, reason: CloseReason) -> None:
         self._count_close(reason)
         server.close(reason)
 
@@ -354,79 +388,77 @@ class Pool:
         jitter = self.settings.server_lifetime_jitter
         return now + lifetime * (1.0 - jitter * random.random())
 
-    def _maybe_open(self) -> None:
+    def _maybe_open(self, now: float | None = None) -> None:
         if self.closed or self.paused:
             return
         while len(self.waiters) > self.opening and self.total < self.limit:
-            if self._login_backoff() or not self.db_has_room():
+            if self._login_backoff(now) or not self.db_has_room():
                 return
             self.opening += 1
-            self._spawn(self._open())
+            self.driver.open()
 
-    def top_up(self) -> None:
+    def top_up(self, now: float | None = None) -> None:
         """Keep min_pool_size servers open (also re-opened after reaping or failures)."""
         if self.closed or self.paused:
             return
         while self.total < self.settings.min_pool_size:
-            if self._login_backoff() or not self.db_has_room():
+            if self._login_backoff(now) or not self.db_has_room():
                 return
             self.opening += 1
-            self._spawn(self._open())
+            self.driver.open()
 
-    def _login_backoff(self) -> bool:
+    def _login_backoff(self, now: float | None = None) -> bool:
         """True while a recent login failure says not to retry yet (server_login_retry)."""
         if self.last_login_error is None:
             return False
-        if self.clock() - self.last_login_error_at < self.settings.server_login_retry:
+        if now is None:
+            now = self.clock()
+        if now - self.last_login_error_at < self.settings.server_login_retry:
             if isinstance(self.last_login_error, ServerLoginError):
                 # The server refused us (bad password, no such database): fail fast.
                 self._fail_waiters(self.last_login_error)
             elif not self.opening:
-                self._spawn(self._retry_later())
+                self.driver.retry_after(self.settings.server_login_retry)
             return True
         return False
 
-    async def _retry_later(self) -> None:
-        await asyncio.sleep(self.settings.server_login_retry)
+    def wake(self) -> None:
+        """server_login_retry has passed: open for the waiters if they still need it."""
         self._maybe_open()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _open(self) -> None:
-        try:
-            server = await self._connect(self)
-        except ProxyError as exc:
-            self.opening -= 1
-            # One warning per outage, not one per retry; recovery is logged once too.
-            if self.last_login_error is None:
-                log.warning("%r: cannot open server connection: %s", self, exc.message)
-            else:
-                log.debug("%r: still cannot open server connection: %s", self, exc.message)
-            self.last_login_error = exc
-            self.last_login_error_at = self.clock()
-            if isinstance(exc, ServerLoginError):
-                self._fail_waiters(exc)
-            else:
-                self._maybe_open()
-            return
-        except Exception as exc:  # a bug, not a server problem: keep the pool usable
-            self.opening -= 1
-            log.exception("%r: unexpected error opening server connection", self)
-            self._fail_waiters(ProxyError(f"internal error opening server connection: {exc}"))
-            return
+    def opened(self, server: PooledServer, now: float | None = None) -> None:
+        """The driver logged a new server connection in."""
         self.opening -= 1
         if self.last_login_error is not None:
             log.info("%r: server connections work again", self)
             self.last_login_error = None
         self.stats.opened += 1
-        if self.server_params is None and getattr(server, "params", None) is not None:
-            self.server_params = dict(server.params)
-        self._hand_out(server)
+        params = getattr(server, "params", None)
+        if self.server_params is None and params is not None:
+            self.server_params = dict(params)
+        self._hand_out(server, now)
         # A concurrent open may have failed and backed off while this one was in flight.
-        self._maybe_open()
+        self._maybe_open(now)
+
+    def open_failed(self, exc: ProxyError, now: float | None = None) -> None:
+        """The driver could not open a server connection."""
+        self.opening -= 1
+        # One warning per outage, not one per retry; recovery is logged once too.
+        if self.last_login_error is None:
+            log.warning("%r: cannot open server connection: %s", self, exc.message)
+        else:
+            log.debug("%r: still cannot open server connection: %s", self, exc.message)
+        self.last_login_error = exc
+        self.last_login_error_at = self.clock() if now is None else now
+        if isinstance(exc, ServerLoginError):
+            self._fail_waiters(exc)
+        else:
+            self._maybe_open(now)
+
+    def open_crashed(self, exc: Exception) -> None:
+        """A bug, not a server problem, while opening: keep the pool usable."""
+        self.opening -= 1
+        self._fail_waiters(ProxyError(f"internal error opening server connection: {exc}"))
 
     def _fail_waiters(self, exc: ProxyError) -> None:
         waiters, self.waiters = self.waiters, deque()
@@ -467,13 +499,13 @@ class Pool:
         if self.auto and not self.clients and not self.waiters and self.clients_gone_at \
                 and now - self.clients_gone_at >= NO_CLIENT_GRACE:
             while self.idle:
-                self._close(self.idle.popleft(), CloseReason.IDLE_TIMEOUT)
+                self._close(self.idle.popleft(), CloseReason.NO_CLIENTS)
             return
-        self.top_up()
+        self.top_up(now)
         if self.waiters:
-            self._maybe_open()  # reserve_pool_timeout may have passed
+            self._maybe_open(now)  # reserve_pool_timeout may have passed
 
-    def remove_idle(self, server: Any, reason: CloseReason) -> None:
+    def remove_idle(self, server: PooledServer, reason: CloseReason) -> None:
         """An idle server died or misbehaved (EOF, unsolicited error)."""
         try:
             self.idle.remove(server)
@@ -483,6 +515,7 @@ class Pool:
 
     def close_all(self, reason: CloseReason) -> None:
         self.closed = True
+        self.closed_with = reason
         while self.idle:
             self._close(self.idle.pop(), reason)
         for server in list(self.testing):
@@ -491,8 +524,7 @@ class Pool:
         for server in list(self.active):
             self._close(server, reason)
         self.active.clear()
-        for task in list(self._tasks):
-            task.cancel()
+        self.driver.stop()
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
@@ -507,6 +539,6 @@ class Pool:
             "max_wait": (now - self.waiters[0].wait_started) if self.waiters else 0.0,
             "clients": self.clients,
             "transactions": self.stats.transactions,
-            "tasks": len(self._tasks),
+            "tasks": self.driver.tasks,
             "paused": self.paused,
         }

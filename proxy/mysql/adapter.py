@@ -1,0 +1,40 @@
+"""MySQL/MariaDB's part of a listener (core.listener.ProtocolAdapter): client sessions, opening
+server connections (per pool variant: capabilities and character set), and the greeting shown
+to clients before the first server connection exists."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..core.server import ServerSession
+from ..pool import Pool
+from .client import ClientConnection
+from .server import ServerConnection, fetch_greeting, open_server
+
+if TYPE_CHECKING:
+    from ..core.listener import ListenerRuntime
+
+
+class MySQLAdapter:
+    protocol = "mysql"
+
+    def client(self, runtime: ListenerRuntime) -> ClientConnection:
+        return ClientConnection(runtime)
+
+    async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
+                          password: str | None) -> ServerConnection:
+        srv = runtime.config.server
+        caps, charset = pool.variant
+        server = await open_server(pool, srv.target, srv.port, user, password, dbname or None,
+                                   caps, charset, pool.settings.server_connect_timeout)
+        if runtime.greeting is None:
+            runtime.greeting = server.handshake
+        return server
+
+    async def cancel(self, runtime: ListenerRuntime, server: ServerSession) -> None:
+        return None  # a server left mid-query is closed; MariaDB stops at its next write
+
+    async def prepare(self, runtime: ListenerRuntime) -> None:
+        # Show clients the real server version and capabilities from the start.
+        srv = runtime.config.server
+        runtime.greeting = await fetch_greeting(srv.target, srv.port)

@@ -1,0 +1,191 @@
+"""MySQL/MariaDB client login: the greeting, the handshake response, authentication
+(mysql_native_password, caching_sha2_password's fast path, an auth switch when the client
+offers another plugin), and a first server connection for a new pool.
+
+`ClientLogin` is the first layer of a MySQL client session; `client.ClientConnection` adds the
+command phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from ..auth import caching_sha2, mysql_native
+from ..core.reasons import DisconnectReason
+from ..core.session import ClientSession
+from ..errors import (
+    AuthFailed,
+    FeatureNotSupported,
+    ProtocolViolation,
+    ProxyError,
+    ShuttingDown,
+    TooManyConnections,
+    UnknownDatabase,
+)
+from ..pool import C_LOGIN, Pool
+from . import codec
+from .server import BASE_CAPS, ServerConnection
+
+if TYPE_CHECKING:
+    from ..core.listener import ListenerRuntime
+
+log = logging.getLogger("poolproxy.mysql.client")
+
+#: Client capabilities that change the wire format or semantics: pools are split by them so a
+#: server connection always speaks exactly what its current client negotiated.
+SEMANTIC_CAPS = (codec.CLIENT_FOUND_ROWS | codec.CLIENT_MULTI_STATEMENTS | codec.CLIENT_MULTI_RESULTS
+                 | codec.CLIENT_PS_MULTI_RESULTS | codec.CLIENT_DEPRECATE_EOF
+                 | codec.CLIENT_SESSION_TRACK | codec.CLIENT_LOCAL_FILES)
+OFFERED_CAPS = BASE_CAPS | SEMANTIC_CAPS | codec.CLIENT_CONNECT_WITH_DB
+#: Larger client packets are refused (MySQL's own default max_allowed_packet is 16-64 MiB).
+MAX_CLIENT_PACKET = 64 << 20
+MAX_LOGIN_PACKET = 64 << 10
+DEFAULT_VERSION = "5.5.5-10.11.0-MariaDB-poolproxy"
+_AUTOCOMMIT = codec.SERVER_STATUS_AUTOCOMMIT
+
+
+def _nonce() -> bytes:
+    # Printable, NUL-free bytes, as servers generate them (some clients treat NUL as the end).
+    return bytes(33 + b % 94 for b in os.urandom(codec.SCRAMBLE_LENGTH))
+
+
+class ClientLogin(ClientSession[ServerConnection]):
+    """A MySQL client until it is logged in."""
+
+    def __init__(self, listener: ListenerRuntime) -> None:
+        super().__init__(listener)
+        self.database: str | None = None
+        self.caps = 0
+        self.charset = codec.UTF8MB4_GENERAL_CI
+        self.schema: str | None = None
+        # Until the client is authenticated, a login packet is all it may send: keep it small.
+        self._reader = codec.PacketReader(max_packet=MAX_LOGIN_PACKET)
+        self._nonce = _nonce()
+        self._offered = 0
+        self._login_step = "response"
+        self._auth_seq = 0
+        self._auth_plugin = "mysql_native_password"
+        self.conn_id = listener.next_connection_id()
+
+    def __repr__(self) -> str:
+        return f"<mysql client {self.user}@{self.database} {self.peer}>"
+
+    def _greet(self) -> None:
+        lst = self.listener
+        greeting = lst.greeting
+        version = greeting.server_version if greeting else DEFAULT_VERSION
+        offered = OFFERED_CAPS & (greeting.capabilities if greeting else 0xFFFFFFFF)
+        offered |= codec.CLIENT_PROTOCOL_41 | codec.CLIENT_SECURE_CONNECTION | codec.CLIENT_PLUGIN_AUTH
+        self.send(codec.encode_packet(0, codec.build_handshake(
+            version, self.conn_id, self._nonce, offered, charset=codec.UTF8MB4_GENERAL_CI,
+            auth_plugin_name=lst.config.auth_type)))
+        self._offered = offered
+
+    # ------------------------------------------------------------------ errors
+    def fail(self, exc: ProxyError, fatal: bool = True, seq: int | None = None) -> None:
+        """Send `exc` as an ERR packet (`seq`: its sequence id; by default the next of the
+        login exchange, or 1 for a command's answer); fatal ones close the connection."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if seq is None:
+            seq = self._auth_seq + 1 if self.state is C_LOGIN else 1
+        message = exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
+        self.send(codec.encode_packet(
+            seq & 0xFF, codec.build_err(exc.mysql_errno, exc.mysql_sqlstate, message)))
+        if fatal:
+            self.close_with(self._reason_for(exc))
+
+    def _fail_login_timeout(self) -> None:
+        self.disconnect_reason = DisconnectReason.LOGIN_TIMEOUT
+        self.fail(self._login_timeout_error(mysql_errno=1043))
+
+    # ------------------------------------------------------------------ login
+    def _login_packet(self, seq: int, payload: bytes) -> None:
+        try:
+            if self._login_step == "response":
+                self._on_handshake_response(seq, payload)
+            elif self._login_step == "switch":
+                self._auth_seq = seq
+                self._verify(payload)
+            else:
+                raise ProtocolViolation("unexpected packet during login", mysql_errno=1043)
+        except ProxyError as exc:
+            self._refuse_login(exc)
+        except codec.ProtocolError as exc:
+            self._auth_seq = seq
+            self._refuse_login(ProtocolViolation(f"bad handshake: {exc}", mysql_errno=1043))
+
+    def _on_handshake_response(self, seq: int, payload: bytes) -> None:
+        self._auth_seq = seq
+        lst = self.listener
+        cfg = lst.config
+        if codec.is_ssl_request(payload):
+            raise FeatureNotSupported("TLS is not supported by this poolproxy listener",
+                                      hint="connect without SSL (ssl_mode=DISABLED)")
+        resp = codec.parse_handshake_response(payload)
+        if lst.draining:
+            raise ShuttingDown("poolproxy is shutting down")
+        self.user = resp.username
+        self.caps = resp.capabilities & self._offered
+        self.charset = resp.charset
+        self.database = resp.database or None
+        self.schema = self.database
+        if len(lst.clients) > cfg.client_limit:
+            raise TooManyConnections(
+                f"Too many connections (max_client_conn={cfg.client_limit})",
+                hint="raise max_client_conn or use fewer client connections")
+        if self.database and cfg.database(self.database) is None:
+            raise UnknownDatabase(f"Unknown database '{self.database}' (not configured in poolproxy)")
+        plugin = cfg.auth_type
+        self._auth_plugin = plugin
+        if (resp.auth_plugin_name or "mysql_native_password") != plugin:
+            self._login_step = "switch"
+            self.send(codec.encode_packet(
+                seq + 1, codec.build_auth_switch_request(plugin, self._nonce)))
+            return
+        self._verify(resp.auth_response)
+
+    def _verify(self, response: bytes) -> None:
+        ucfg = self.listener.config.user(self.user)
+        password = ucfg.password if ucfg else None
+        if self._auth_plugin == "caching_sha2_password":
+            ok = password is not None and caching_sha2.verify_caching_sha2(response, password,
+                                                                          self._nonce)
+        else:
+            ok = password is not None and mysql_native.verify_native(response, password, self._nonce)
+        if not ok:
+            raise AuthFailed(f"Access denied for user '{self.user}'@'{self.peer.rsplit(':', 1)[0]}' "
+                             f"(using password: {'YES' if response else 'NO'})")
+        if self._auth_plugin == "caching_sha2_password":
+            self._auth_seq += 1
+            self.send(codec.encode_packet(
+                self._auth_seq, codec.build_auth_more_data(bytes((caching_sha2.FAST_AUTH_SUCCESS,)))))
+        self._login_step = "done"
+        variant = (self.caps & SEMANTIC_CAPS, self.charset)
+        self.pool = pool = self.listener.get_pool(self.database or "", self.user, variant)
+        self.session_mode = pool.settings.pool_mode == "session"
+        if pool.server_params is not None:
+            self._finish_login()
+        else:
+            self.listener.spawn(self._validate_pool(pool))
+
+    async def _validate_pool(self, pool: Pool) -> None:
+        """The first client of a pool: open a server now so a bad database or server password
+        is reported at login, as a direct connection would."""
+        server = await self._borrow_at_login(pool)
+        if server is None:
+            return
+        if pool.server_params is None:
+            pool.server_params = dict(server.params or {})
+        pool.checkin(server)
+        if self.transport is not None and not self.transport.is_closing():
+            self._finish_login()
+
+    def _finish_login(self) -> None:
+        self._reader.max_packet = MAX_CLIENT_PACKET
+        self.send(codec.encode_packet(
+            self._auth_seq + 1, codec.build_ok(status_flags=_AUTOCOMMIT, capabilities=self.caps)))
+        self._logged_in()
+        log.debug("%r: logged in", self)

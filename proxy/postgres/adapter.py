@@ -1,0 +1,35 @@
+"""PostgreSQL's part of a listener (core.listener.ProtocolAdapter): client sessions, opening
+server connections, and CancelRequest delivery."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..core.server import ServerSession
+from ..pool import Pool
+from .client import ClientConnection
+from .server import ServerConnection, open_server, send_cancel
+
+if TYPE_CHECKING:
+    from ..core.listener import ListenerRuntime
+
+
+class PostgresAdapter:
+    protocol = "postgres"
+
+    def client(self, runtime: ListenerRuntime) -> ClientConnection:
+        return ClientConnection(runtime)
+
+    async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
+                          password: str | None) -> ServerConnection:
+        srv = runtime.config.server
+        return await open_server(pool, srv.target, srv.port, user, password, dbname,
+                                 pool.settings.server_connect_timeout)
+
+    async def cancel(self, runtime: ListenerRuntime, server: ServerSession) -> None:
+        assert isinstance(server, ServerConnection)
+        srv = runtime.config.server
+        await send_cancel(srv.target, srv.port, server.key)
+
+    async def prepare(self, runtime: ListenerRuntime) -> None:
+        return None

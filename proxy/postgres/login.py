@@ -1,0 +1,357 @@
+"""PostgreSQL client login: the startup packet, authentication (SCRAM, md5, trust), startup
+parameters made canonical by the server, and the hand-over to the admin console.
+
+`ClientLogin` is the first layer of a PostgreSQL client session; `client.ClientConnection`
+adds the hot path once the client is logged in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from ..auth import md5 as md5auth
+from ..auth import scram
+from ..core.reasons import DisconnectReason
+from ..core.session import ClientSession
+from ..errors import (
+    AuthFailed,
+    FeatureNotSupported,
+    ProtocolViolation,
+    ProxyError,
+    ShuttingDown,
+    TooManyConnections,
+    UnknownDatabase,
+)
+from ..ops.console import ADMIN_DATABASES, Console
+from ..pool import C_LOGIN, CloseReason, Pool
+from . import codec
+from .codec import MSG_PASSWORD
+from .console_bridge import ConsoleBridge
+from .params import SYNC_PARAMS, canonical_param, sync_sql, tracked_lower
+from .server import ServerConnection
+
+if TYPE_CHECKING:
+    from ..core.listener import ListenerRuntime
+
+log = logging.getLogger("poolproxy.postgres.client")
+
+#: Startup parameters accepted and ignored (as PgBouncer's usual ignore_startup_parameters).
+_IGNORED_STARTUP = frozenset(("extra_float_digits",))
+
+
+class ClientLogin(ClientSession[ServerConnection]):
+    """A PostgreSQL client until it is logged in (and the admin console's sessions)."""
+
+    def __init__(self, listener: ListenerRuntime) -> None:
+        super().__init__(listener)
+        self.database = ""
+        self.params: dict[str, str] = {}
+        self.session_mode = False
+        self.statement_mode = False
+        self._tracked = tracked_lower()
+        self._startup: codec.StartupReader | None = codec.StartupReader()
+        self._reader: codec.MessageReader | None = None
+        self._auth_step: str | None = None
+        self._scram: scram.ScramServer | None = None
+        self._md5_salt = b""
+        self._password: str | None = None
+        self._startup_params: dict[str, str] = {}
+        self._console: ConsoleBridge | None = None
+
+    def __repr__(self) -> str:
+        return f"<pg client {self.user}@{self.database} {self.peer}>"
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is C_LOGIN:
+            self._login_data(data)
+        elif self._console is not None:
+            self._console.feed(data)
+        else:
+            self._client_data(data)
+
+    def _client_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def fail(self, exc: ProxyError, fatal: bool = True) -> None:
+        """Send `exc` as an ErrorResponse; FATAL ones close the connection."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.send(codec.error_response(
+            exc.sqlstate, exc.message, severity="FATAL" if fatal else "ERROR",
+            detail=exc.detail, hint=exc.hint))
+        if fatal:
+            self.close_with(self._reason_for(exc))
+
+    def _fail_login_timeout(self) -> None:
+        self.disconnect_reason = DisconnectReason.LOGIN_TIMEOUT
+        self.fail(self._login_timeout_error())
+
+    # ------------------------------------------------------------------ login
+    def _login_data(self, data: bytes) -> None:
+        try:
+            if self._startup is not None:
+                payload = self._startup.feed(data)
+                while payload is not None:
+                    if not self._on_startup_packet(payload):
+                        return
+                    if self._startup is None:
+                        break
+                    payload = self._startup.feed(b"")
+                return
+            if self._reader is not None:
+                for t, body in self._reader.feed(data):
+                    if t != MSG_PASSWORD:
+                        raise ProtocolViolation(
+                            f"expected a password/SASL message during authentication, got {chr(t)!r}")
+                    self._on_auth_message(body)
+                    if self.state is not C_LOGIN or self._reader is None:
+                        break
+        except ProxyError as exc:
+            self._refuse_login(exc)
+        except codec.ProtocolError as exc:
+            self._refuse_login(ProtocolViolation(
+                f"invalid startup or authentication message: {exc}"))
+
+    def _on_startup_packet(self, payload: bytes) -> bool:
+        msg = codec.parse_startup(payload)
+        if isinstance(msg, codec.SpecialRequest):
+            if msg.code == codec.CANCEL_REQUEST_CODE:
+                self.listener.handle_cancel(msg.pid, msg.secret)
+                self.close_with(DisconnectReason.CLIENT_CLOSE)
+                return False
+            self.send(b"N")  # no TLS / GSS (yet)
+            return True
+        rest = self._startup.take_rest() if self._startup else b""
+        self._startup = None
+        self._on_startup(msg.params)
+        if rest and self._reader is not None:
+            self._login_data(rest)
+        return True
+
+    def _on_startup(self, params: dict[str, str]) -> None:
+        lst = self.listener
+        cfg = lst.config
+        if lst.draining:
+            raise ShuttingDown("poolproxy is shutting down", hint="retry on another instance")
+        if params.get("replication"):
+            raise FeatureNotSupported("replication connections are not supported by poolproxy")
+        user = params.get("user", "")
+        if not user:
+            raise ProtocolViolation("no user name given in the startup packet")
+        self.user = user
+        self.database = params.get("database") or user
+        if len(lst.clients) > cfg.client_limit:
+            raise TooManyConnections(
+                f"no more connections allowed (max_client_conn={cfg.client_limit})",
+                hint="raise max_client_conn or use fewer client connections")
+        if self.database in ADMIN_DATABASES:
+            ops = lst.operations
+            if ops is None or user not in ops.config.admin.admin_users:
+                raise AuthFailed(f'user "{user}" may not use the admin console',
+                                 sqlstate="28000", hint="list the user under admin.admin_users")
+            self._console = ConsoleBridge(
+                Console(ops), self.send, self.fail,
+                lambda: self.close_with(DisconnectReason.CLIENT_CLOSE), self.listener.spawn,
+                lambda: self.transport is not None and not self.transport.is_closing())
+        elif cfg.database(self.database) is None:
+            raise UnknownDatabase(
+                f'database "{self.database}" is not configured in poolproxy',
+                hint=f"add it under listeners[{cfg.name}].databases, or configure \"*\"")
+        for key, value in params.items():
+            if key in ("user", "database"):
+                continue
+            if key == "options":
+                self._parse_options(value)
+                continue
+            if key in _IGNORED_STARTUP:
+                continue
+            name = canonical_param(key)
+            if name is None:
+                raise FeatureNotSupported(
+                    f"unsupported startup parameter: {key}",
+                    hint="transaction pooling can only carry reported parameters "
+                         f"({', '.join(SYNC_PARAMS)}); set others with SET LOCAL inside transactions")
+            self._startup_params[name] = value
+        ucfg = cfg.user(user)
+        self._password = ucfg.password if ucfg else None
+        auth = cfg.auth_type
+        self._reader = codec.MessageReader(max_message=1 << 16)
+        if auth == "trust":
+            # Trust still means "a configured user": we need its password to log in upstream,
+            # and an unlisted name must not become a server login attempt.
+            if ucfg is None:
+                raise AuthFailed(f'password authentication failed for user "{user}"',
+                                 hint="the user is not configured on this poolproxy listener")
+            self._auth_ok()
+        elif auth == "md5":
+            self._md5_salt = os.urandom(4)
+            self._auth_step = "md5"
+            self.send(codec.auth_request(codec.AUTH_MD5, self._md5_salt))
+        else:
+            verifier = lst.scram_verifier(user, self._password)
+            self._scram = scram.ScramServer(verifier)
+            self._auth_step = "sasl-first"
+            self.send(codec.auth_sasl([scram.MECHANISM]))
+
+    def _parse_options(self, options: str) -> None:
+        tokens = options.split()
+        i = 0
+        while i < len(tokens):
+            tok = tokens[i]
+            if tok == "-c" and i + 1 < len(tokens):
+                tok = tokens[i + 1]
+                i += 1
+            elif tok.startswith("-c"):
+                tok = tok[2:]
+            elif tok.startswith("--"):
+                tok = tok[2:]
+            i += 1
+            key, sep, value = tok.partition("=")
+            name = canonical_param(key.replace("-", "_"))
+            if not sep or name is None:
+                raise FeatureNotSupported(
+                    f"unsupported startup option: {tok}",
+                    hint="only reported parameters can be set at startup through poolproxy")
+            self._startup_params[name] = value
+
+    def _on_auth_message(self, body: bytes) -> None:
+        step = self._auth_step
+        fail = AuthFailed(f'password authentication failed for user "{self.user}"')
+        if step == "md5":
+            response = body.rstrip(b"\x00")
+            if not self._password or not md5auth.verify_md5(response, self.user, self._password,
+                                                            self._md5_salt):
+                raise fail
+            self._auth_ok()
+        elif step == "sasl-first":
+            mech, data = codec.parse_sasl_initial(body)
+            if mech != scram.MECHANISM:
+                raise ProtocolViolation(f"unsupported SASL mechanism {mech!r}")
+            assert self._scram is not None
+            try:
+                reply = self._scram.handle_client_first(data)
+            except scram.ScramError as exc:
+                raise ProtocolViolation(f"malformed SCRAM message: {exc}") from None
+            self._auth_step = "sasl-final"
+            self.send(codec.auth_request(codec.AUTH_SASL_CONTINUE, reply))
+        elif step == "sasl-final":
+            assert self._scram is not None
+            try:
+                reply = self._scram.handle_client_final(body)
+            except scram.ScramError:
+                raise fail from None
+            if self._password is None:  # unknown user: mock verifier cannot succeed, but be sure
+                raise fail
+            self.send(codec.auth_request(codec.AUTH_SASL_FINAL, reply))
+            self._auth_ok()
+        else:
+            raise ProtocolViolation("unexpected password message")
+
+    def _auth_ok(self) -> None:
+        self._auth_step = None
+        self.send(codec.auth_request(codec.AUTH_OK))
+        if self._console is not None:
+            self._finish_console_login()
+            return
+        self.pool = pool = self.listener.get_pool(self.database, self.user)
+        self.session_mode = pool.settings.pool_mode == "session"
+        self.statement_mode = pool.settings.pool_mode == "statement"
+        if pool.server_params is not None:
+            self._check_startup_params(pool.server_params)
+            if not self._uncanonical(pool.server_params):
+                self._finish_login()
+                return
+        self.listener.spawn(self._prepare_login(pool))
+
+    def _check_startup_params(self, reported: dict[str, str]) -> None:
+        for key in self._startup_params:
+            if key not in reported:
+                raise FeatureNotSupported(
+                    f"unsupported startup parameter: {key} (this server does not report it, so "
+                    "poolproxy cannot keep it per client)",
+                    hint="set it with SET LOCAL inside transactions, or use session pool_mode")
+
+    def _uncanonical(self, reported: dict[str, str]) -> dict[str, str]:
+        """Startup values the server has not yet shown us in its canonical spelling."""
+        canon = self.listener.canonical_params
+        return {k: v for k, v in self._startup_params.items()
+                if reported.get(k) != v and (k, v) not in canon}
+
+    async def _prepare_login(self, pool: Pool) -> None:
+        """Learn the server's parameters (first client of a pool) and have the server
+        canonicalise and validate this client's startup values (cached per listener), so
+        the client sees exactly the ParameterStatus a direct connection would show."""
+        server = await self._borrow_at_login(pool)
+        if server is None:
+            return
+        if pool.server_params is None:
+            pool.server_params = dict(server.params)
+        try:
+            self._check_startup_params(pool.server_params)
+        except ProxyError as exc:
+            pool.checkin(server)
+            self._refuse_login(exc)
+            return
+        pending = self._uncanonical(pool.server_params)
+        if pending:
+            try:
+                errors = await server.run_internal(sync_sql(pending))
+            except ProxyError as exc:
+                pool.discard(server, CloseReason.SYNC_FAILED)
+                self._refuse_login(exc)
+                return
+            server.param_sig = None
+            if errors:
+                if server.reusable():
+                    pool.checkin(server)
+                else:
+                    pool.discard(server, CloseReason.SYNC_FAILED)
+                err = errors[0]
+                self._refuse_login(ProxyError(err.get("M", "invalid startup parameter"),
+                                              sqlstate=err.get("C", "22023"), hint=err.get("H")))
+                return
+            canon = self.listener.canonical_params
+            for key, value in pending.items():
+                canon[(key, value)] = server.params.get(key, value)
+        pool.checkin(server)
+        if self.transport is not None and not self.transport.is_closing():
+            self._finish_login()
+
+    def _finish_login(self) -> None:
+        assert self.pool is not None and self.transport is not None
+        reported = self.pool.server_params or {}
+        params = dict(reported)
+        canon = self.listener.canonical_params
+        for key, value in self._startup_params.items():
+            params[key] = canon.get((key, value), value)
+        self.params = params
+        # Only what this server reports can be tracked (search_path is reported from
+        # PostgreSQL 18 on); SET of anything else pins.
+        self._tracked = tracked_lower(reported)
+        out = [codec.parameter_status(k, v) for k, v in params.items()]
+        self.key = self.listener.register_cancel_key(self)
+        out.append(codec.backend_key_data(*self.key))
+        out.append(codec.ready_for_query(b"I"))
+        self.send(b"".join(out))
+        self._logged_in()
+        log.debug("%r: logged in", self)
+        rest = self._reader.take_rest() if self._reader else b""
+        self._reader = None
+        self._scram = None
+        if rest:
+            self._client_data(rest)
+
+    # ------------------------------------------------------------------ admin console
+    def _finish_console_login(self) -> None:
+        params = {"server_version": "15.0 (poolproxy)", "server_encoding": "UTF8",
+                  "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
+                  "integer_datetimes": "on", "standard_conforming_strings": "on",
+                  "application_name": self._startup_params.get("application_name", "")}
+        out = [codec.parameter_status(k, v) for k, v in params.items()]
+        out.append(codec.backend_key_data(0, 0))
+        out.append(codec.ready_for_query(b"I"))
+        self.send(b"".join(out))
+        self._logged_in()
+        log.info("%r: admin console session", self)
