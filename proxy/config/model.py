@@ -74,6 +74,9 @@ class PoolSettings:
     client_idle_timeout: float = 0.0
     idle_transaction_timeout: float = 0.0
     shutdown_timeout: float = 30.0
+    #: Protocol-level prepared statements per server connection (LRU); 0: a client that
+    #: prepares one is pinned to its server instead.
+    max_prepared_statements: int = 200
 
 
 SETTING_NAMES: Final[tuple[str, ...]] = tuple(f.name for f in fields(PoolSettings))

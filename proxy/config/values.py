@@ -216,6 +216,7 @@ _SETTING_PARSERS: Final[Mapping[str, Callable[[object, str], Any]]] = MappingPro
         "client_idle_timeout": parse_duration,
         "idle_transaction_timeout": parse_duration,
         "shutdown_timeout": parse_duration,
+        "max_prepared_statements": _int_at_least(0),
     }
 )
 # A new PoolSettings field without a parser would be silently unconfigurable.

@@ -5,7 +5,15 @@ Each entry stands for one request whose reply the server (or poolproxy in its pl
 - `SWALLOW`: poolproxy's own request (parameter sync, an injected Parse, an evicting Close); its
   reply is dropped;
 - `SYNTHESIZE`: nothing went to the server (the request was answered from poolproxy's own
-  state); `reply` is sent to the client when every reply before it has been sent.
+  state); `reply` is sent to the client when every reply before it has been sent;
+- `REPLACE`: poolproxy sent a request that makes the server fail (so that the server itself
+  skips the rest of the batch, exactly as it would for the client's request), and the server's
+  error is replaced by `reply`, the error the client's request deserves;
+- `RESULT`: poolproxy sent a stand-in request; if it succeeds, its whole reply is replaced by
+  `reply` (the result the client's request would have had), and an error is forwarded.
+
+A SWALLOW request that fails still has its error forwarded: the client must learn why its own
+request then fails.
 
 Protocols group entries as they need. PostgreSQL has one `Batch` per sync point (a Query, a
 Sync, a FunctionCall: each answered by ReadyForQuery), with per-message `steps` only in a batch
@@ -17,18 +25,23 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 class Action(enum.Enum):
     FORWARD = "forward"
     SWALLOW = "swallow"
     SYNTHESIZE = "synthesize"
+    REPLACE = "replace"
+    RESULT = "result"
 
 
 FORWARD = Action.FORWARD
 SWALLOW = Action.SWALLOW
 SYNTHESIZE = Action.SYNTHESIZE
+REPLACE = Action.REPLACE
+RESULT = Action.RESULT
 
 #: Called when a request's reply has ended (`ok`: it was not an error), e.g. to remember that a
 #: statement is now prepared on the server, or to forget it after a failed Parse.
@@ -55,12 +68,14 @@ class Batch:
     """The requests up to one sync point (PostgreSQL) or one command (MySQL). `steps` is None
     while nothing in the batch needs handling message by message."""
 
-    __slots__ = ("action", "synced", "steps")
+    __slots__ = ("action", "synced", "steps", "extra")
 
     def __init__(self, action: Action, synced: bool) -> None:
         self.action = action
         self.synced = synced  # its sync point went out (an open batch is still growing)
         self.steps: deque[Step] | None = None
+        #: What the protocol notes about the batch (PostgreSQL: the statements it binds).
+        self.extra: Any = None
 
     def __repr__(self) -> str:
         return f"<Batch {self.action.value}{'' if self.synced else ' open'} steps={self.steps}>"
@@ -72,16 +87,29 @@ class Batch:
 PLAIN_BATCH = Batch(FORWARD, True)
 
 
+#: One shared FORWARD step per message type: plain steps carry no state of their own.
+_FORWARD_STEPS: dict[int, Step] = {}
+
+
+def _forward_step(kind: int) -> Step:
+    step = _FORWARD_STEPS.get(kind)
+    if step is None:
+        step = _FORWARD_STEPS[kind] = Step(kind, FORWARD)
+    return step
+
+
 class RequestQueue(deque[Batch]):
     """Outstanding batches of one server connection, oldest first. A deque, so that "owes
     anything?" (`bool(queue)`) and `len` stay in C on the hot path."""
 
-    __slots__ = ("precise",)
+    __slots__ = ("precise", "error_code")
 
     def __init__(self) -> None:
         super().__init__()
         #: Batches with steps are queued: the server's replies must be read message by message.
         self.precise = 0
+        #: The SQLSTATE of the error that ended the last failed step (for its callback).
+        self.error_code = ""
 
     # ------------------------------------------------------------------ what is owed
     @property
@@ -148,11 +176,24 @@ class RequestQueue(deque[Batch]):
             return self.due()
         return []
 
-    def add_plain(self, kind: int) -> None:
-        """A message of a precise batch whose reply is simply forwarded (kept in order)."""
+    def track(self, kinds: Iterable[int] = ()) -> Batch:
+        """The open batch (opened if needed) is handled message by message from now on; `kinds`
+        are the messages already in it, whose replies are forwarded."""
         batch = self.add_message()
-        if batch.steps is not None:
-            batch.steps.append(Step(kind, FORWARD))
+        if batch.steps is None:
+            batch.steps = deque()
+            self.precise += 1
+        for kind in kinds:
+            batch.steps.append(_forward_step(kind))
+        return batch
+
+    def add_forward(self, kind: int) -> None:
+        """A message of the open batch, tracked one by one, whose reply goes to the client."""
+        batch = self[-1] if self and not self[-1].synced else self.add_message()
+        if batch.steps is None:
+            batch.steps = deque()
+            self.precise += 1
+        batch.steps.append(_forward_step(kind))
 
     # ------------------------------------------------------------------ replies come back
     def due(self) -> list[bytes]:

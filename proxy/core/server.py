@@ -156,6 +156,7 @@ class ServerSession(asyncio.Protocol):
         self.state = S_CLOSED
         self._wake()
         self.requests.clear()
+        self._closed()
         client = self.client
         if client is not None:
             self.client = None
@@ -225,6 +226,13 @@ class ServerSession(asyncio.Protocol):
             return
         self.give_back()
 
+    def _closed(self) -> None:
+        """The connection is closed or lost: let go of what it held (protocols)."""
+
+    def prepared_count(self) -> int:
+        """Prepared statements poolproxy keeps on this connection (SHOW SERVERS)."""
+        return 0
+
     # ------------------------------------------------------------------ internal exchanges
     async def health_check(self, timeout: float) -> bool:
         raise NotImplementedError
@@ -246,6 +254,7 @@ class ServerSession(asyncio.Protocol):
         log.debug("%r: closing (%s)", self, reason.value)
         self.close_reason = reason
         self.state = S_CLOSED
+        self._closed()
         if self.transport is not None:
             if self.GOODBYE and not self.transport.is_closing():
                 self.outbox.write(self.transport, self.GOODBYE)

@@ -267,6 +267,19 @@ class ClientSession(asyncio.Protocol, Generic[S]):
         """PostgreSQL: the server entered COPY FROM STDIN."""
         raise NotImplementedError
 
+    def prepared_count(self) -> int:
+        """The client's prepared statements that poolproxy keeps for it (SHOW CLIENTS)."""
+        return 0
+
+    def statement_name(self, server_name: bytes) -> bytes | None:
+        """PostgreSQL: the client's own name for the prepared statement the server calls
+        `server_name` (for the server's error messages); None if it has none."""
+        return None
+
+    def on_statements_discarded(self) -> None:
+        """PostgreSQL: DISCARD ALL or DEALLOCATE ALL ran: the session has no prepared
+        statements left."""
+
     def on_response_end(self, status: int | None, ok: bool) -> None:
         """MySQL: the response to the client's command ended (`status`: its final status
         flags, None if it carried none; `ok`: it was not an ERR)."""

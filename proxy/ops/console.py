@@ -10,9 +10,11 @@ columns are computed as PgBouncer's src/stats.c computes them: every stats perio
 `stats_period`, 60 s) `StatsPeriods.refresh` snapshots every pool's counters, keeping the last two
 snapshots ("newer" and "older"); an average is (live counter - older snapshot) / (now - time of
 the older snapshot), so it covers the last one to two stats periods. `avg_xact_count`,
-`avg_query_count`, `avg_recv` and `avg_sent` are per second; `avg_xact_time` and
-`avg_query_time` are microseconds per transaction / query in that window, `avg_wait_time`
-microseconds per server assignment (PgBouncer >= 1.21). Before the first refresh the window starts
+`avg_query_count`, `avg_recv`, `avg_sent`, `avg_server_assignment_count` and the prepared
+statement rates (`avg_client_parse_count`, `avg_server_parse_count`, `avg_bind_count`) are per
+second; `avg_xact_time` and `avg_query_time` are microseconds per transaction / query in that
+window, `avg_wait_time` microseconds per server assignment (PgBouncer >= 1.21; the columns and
+their order are PgBouncer 1.23's). Before the first refresh the window starts
 one second before the process did, as in PgBouncer (`stats_setup`).
 
 Testing knob: the environment variable POOLPROXY_STATS_PERIOD (seconds, default 60) shortens the
@@ -86,11 +88,12 @@ def _notice(message: str, detail: str) -> bytes:
 
 # ---------------------------------------------------------------------- stats periods
 
-#: Counters of one pool, in SHOW STATS order: transactions, queries, bytes received (client to
-#: server), bytes sent, transaction time, query time (seconds), wait time (seconds), server
-#: assignments (times a client got a server, waiting or not).
-Counters = tuple[float, float, float, float, float, float, float, float]
-ZERO: Counters = (0, 0, 0, 0, 0.0, 0.0, 0.0, 0)
+#: Counters of one pool: transactions, queries, bytes received (client to server), bytes sent,
+#: transaction time, query time (seconds), wait time (seconds), server assignments (times a
+#: client got a server, waiting or not), prepared statements parsed by clients, prepared on
+#: servers, and executions bound.
+Counters = tuple[float, ...]
+ZERO: Counters = (0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0, 0)
 
 
 def pool_counters(pool: Pool) -> Counters:
@@ -98,7 +101,8 @@ def pool_counters(pool: Pool) -> Counters:
     # poolproxy does not time single queries: like the total_query_time column has always
     # done, the query time is the time servers were held (the transaction time).
     return (st.transactions, st.queries, st.bytes_in, st.bytes_out, st.xact_time_total,
-            st.xact_time_total, st.wait_time_total, st.wait_count)
+            st.xact_time_total, st.wait_time_total, st.wait_count, st.client_parses,
+            st.server_parses, st.binds)
 
 
 def stats_period_from_env() -> float:
@@ -115,15 +119,17 @@ def stats_period_from_env() -> float:
 def averages(cur: Sequence[float], old: Sequence[float], duration: float) -> list[int]:
     """PgBouncer's calc_average: rates per second over `duration` for the counts and bytes,
     microseconds per transaction / query / server assignment for the times. In SHOW STATS
-    order: avg_xact_count, avg_query_count, avg_recv, avg_sent, avg_xact_time, avg_query_time,
-    avg_wait_time (all 0 when `duration` is not positive)."""
+    order: avg_server_assignment_count, avg_xact_count, avg_query_count, avg_recv, avg_sent,
+    avg_xact_time, avg_query_time, avg_wait_time, avg_client_parse_count,
+    avg_server_parse_count, avg_bind_count (all 0 when `duration` is not positive)."""
     if duration <= 0:
-        return [0] * 7
-    xacts, queries, rx, tx, xtime, qtime, wtime, assigned = (
+        return [0] * 11
+    xacts, queries, rx, tx, xtime, qtime, wtime, assigned, cparse, sparse, binds = (
         max(0.0, c - o) for c, o in zip(cur, old, strict=True))
-    return [int(xacts / duration), int(queries / duration), int(rx / duration),
-            int(tx / duration), _us(xtime / xacts) if xacts else 0,
-            _us(qtime / queries) if queries else 0, _us(wtime / assigned) if assigned else 0]
+    return [int(assigned / duration), int(xacts / duration), int(queries / duration),
+            int(rx / duration), int(tx / duration), _us(xtime / xacts) if xacts else 0,
+            _us(qtime / queries) if queries else 0, _us(wtime / assigned) if assigned else 0,
+            int(cparse / duration), int(sparse / duration), int(binds / duration)]
 
 
 class StatsPeriods:
@@ -303,10 +309,16 @@ class Console:
                          int(wait), _us(wait) % 1_000_000, pool.settings.pool_mode, rt.name])
         return _result(cols, rows, "SHOW")
 
-    _TOTAL_COLS = ["xact_count", "query_count", "received", "sent", "xact_time", "query_time",
-                   "wait_time"]
-    _AVG_COLS = ["xact_count", "query_count", "recv", "sent", "xact_time", "query_time",
-                 "wait_time"]
+    # PgBouncer 1.23's columns, in its order.
+    _TOTAL_COLS = ["server_assignment_count", "xact_count", "query_count", "received", "sent",
+                   "xact_time", "query_time", "wait_time", "client_parse_count",
+                   "server_parse_count", "bind_count"]
+    _AVG_COLS = ["server_assignment_count", "xact_count", "query_count", "recv", "sent",
+                 "xact_time", "query_time", "wait_time", "client_parse_count",
+                 "server_parse_count", "bind_count"]
+    _PLAIN_COLS = ["server_assignment_count", "xact_count", "query_count", "bytes_received",
+                   "bytes_sent", "xact_time", "query_time", "wait_time", "client_parse_count",
+                   "server_parse_count", "bind_count"]
 
     def _stats_rows(self) -> list[tuple[str, str, list[int], list[int]]]:
         """Per (database, listener): (database, listener, totals, averages), PgBouncer's
@@ -315,7 +327,7 @@ class Console:
         now = periods.clock()
         per_db: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         for rt, pool in self._pools():
-            cur, old = per_db.setdefault((pool.database, rt.name), ([0.0] * 8, [0.0] * 8))
+            cur, old = per_db.setdefault((pool.database, rt.name), ([0.0] * 11, [0.0] * 11))
             for i, (c, o) in enumerate(zip(pool_counters(pool), periods.older_of(pool),
                                            strict=True)):
                 cur[i] += c
@@ -323,9 +335,9 @@ class Console:
         window = periods.window(now)
         rows = []
         for (db, listener), (cur, old) in sorted(per_db.items()):
-            xacts, queries, rx, tx, xtime, qtime, wtime, _assigned = cur
-            totals = [int(xacts), int(queries), int(rx), int(tx), _us(xtime), _us(qtime),
-                      _us(wtime)]
+            xacts, queries, rx, tx, xtime, qtime, wtime, assigned, cparse, sparse, binds = cur
+            totals = [int(assigned), int(xacts), int(queries), int(rx), int(tx), _us(xtime),
+                      _us(qtime), _us(wtime), int(cparse), int(sparse), int(binds)]
             rows.append((db, listener, totals, averages(cur, old, window)))
         return rows
 
@@ -337,16 +349,12 @@ class Console:
         return _result(cols, rows, "SHOW")
 
     def show_stats_totals(self) -> bytes:
-        cols = [("database", TEXT), ("xact_count", INT8), ("query_count", INT8),
-                ("bytes_received", INT8), ("bytes_sent", INT8), ("xact_time", INT8),
-                ("query_time", INT8), ("wait_time", INT8), ("listener", TEXT)]
+        cols = [("database", TEXT), *((c, INT8) for c in self._PLAIN_COLS), ("listener", TEXT)]
         rows = [[db, *totals, listener] for db, listener, totals, _avgs in self._stats_rows()]
         return _result(cols, rows, "SHOW")
 
     def show_stats_averages(self) -> bytes:
-        cols = [("database", TEXT), ("xact_count", INT8), ("query_count", INT8),
-                ("bytes_received", INT8), ("bytes_sent", INT8), ("xact_time", INT8),
-                ("query_time", INT8), ("wait_time", INT8), ("listener", TEXT)]
+        cols = [("database", TEXT), *((c, INT8) for c in self._PLAIN_COLS), ("listener", TEXT)]
         rows = [[db, *avgs, listener] for db, listener, _totals, avgs in self._stats_rows()]
         return _result(cols, rows, "SHOW")
 
@@ -355,7 +363,7 @@ class Console:
                   ("connect_time", TEXT), ("request_time", TEXT), ("wait", INT8),
                   ("wait_us", INT8), ("close_needed", INT8), ("ptr", TEXT), ("link", TEXT),
                   ("remote_pid", INT8), ("tls", TEXT), ("application_name", TEXT),
-                  ("listener", TEXT)]
+                  ("prepared_statements", INT8), ("listener", TEXT)]
 
     def show_servers(self) -> bytes:
         rows = []
@@ -370,7 +378,7 @@ class Console:
                 rows.append(["S", pool.user, pool.database, state, rt.config.server.host,
                              rt.config.server.port, "", 0, "", "", 0, 0, 0,
                              f"{id(server):x}", f"{id(client):x}" if client else "",
-                             pid, "", "", rt.name])
+                             pid, "", "", getattr(server, "prepared_count", int)(), rt.name])
         return _result(self._CONN_COLS, rows, "SHOW")
 
     def show_clients(self) -> bytes:
@@ -391,7 +399,8 @@ class Console:
                              int(wait), _us(wait) % 1_000_000, 0, f"{id(client):x}",
                              f"{id(client.server):x}" if client.server else "",
                              client.key[0] if client.key else 0, "",
-                             params.get("application_name", ""), rt.name])
+                             params.get("application_name", ""), client.prepared_count(),
+                             rt.name])
         return _result(self._CONN_COLS, rows, "SHOW")
 
     def show_databases(self) -> bytes:

@@ -151,6 +151,19 @@ class PoolproxyCollector(Collector):
                                      labels=[*POOL_LABELS, "cause"])
         nbytes = CounterMetricFamily("poolproxy_bytes", "Bytes forwarded",
                                      labels=[*POOL_LABELS, "direction"])
+        prepares = CounterMetricFamily(
+            "poolproxy_prepared_statements",
+            "Prepared statements: prepared by clients, and prepared on servers by poolproxy",
+            labels=[*POOL_LABELS, "side"])
+        binds = CounterMetricFamily("poolproxy_prepared_statement_executions",
+                                    "Executions of prepared statements (Bind / COM_STMT_EXECUTE)",
+                                    labels=list(POOL_LABELS))
+        cached = GaugeMetricFamily("poolproxy_prepared_statements_cached",
+                                   "Prepared statements held on the pool's server connections",
+                                   labels=list(POOL_LABELS))
+        distinct = GaugeMetricFamily("poolproxy_prepared_statements_distinct",
+                                     "Distinct prepared statements the pool's clients use",
+                                     labels=list(POOL_LABELS))
         for key, group in groups.items():
             labels = list(key)
             stats = [p.stats for p in group]
@@ -170,7 +183,14 @@ class PoolproxyCollector(Collector):
                 closed.add_metric([*labels, category], n)
             nbytes.add_metric([*labels, "client_to_server"], sum(st.bytes_in for st in stats))
             nbytes.add_metric([*labels, "server_to_client"], sum(st.bytes_out for st in stats))
-        yield from (wait_h, xact_h, xacts, queries, opened, closed, causes, nbytes)
+            prepares.add_metric([*labels, "client"], sum(st.client_parses for st in stats))
+            prepares.add_metric([*labels, "server"], sum(st.server_parses for st in stats))
+            binds.add_metric(labels, sum(st.binds for st in stats))
+            held = [p.protocol_state.counts() for p in group if p.protocol_state is not None]
+            cached.add_metric(labels, sum(h[1] for h in held))
+            distinct.add_metric(labels, sum(h[0] for h in held))
+        yield from (wait_h, xact_h, xacts, queries, opened, closed, causes, nbytes, prepares,
+                    binds, cached, distinct)
 
         conns = CounterMetricFamily("poolproxy_client_connections",
                                     "Client connection attempts by result",

@@ -133,7 +133,8 @@ class PoolStats:
     bisect and one increment per observation."""
 
     __slots__ = ("transactions", "queries", "bytes_in", "bytes_out", "wait_time_total",
-                 "wait_count", "xact_time_total", "opened", "closed", "wait_hist", "xact_hist")
+                 "wait_count", "xact_time_total", "opened", "closed", "wait_hist", "xact_hist",
+                 "client_parses", "server_parses", "binds")
 
     def __init__(self) -> None:
         self.wait_hist = [0] * (len(BUCKETS) + 1)
@@ -147,6 +148,11 @@ class PoolStats:
         self.xact_time_total = 0.0
         self.opened = 0
         self.closed: dict[str, int] = {}
+        #: Prepared statements: prepared by clients, prepared on servers (a client's statement
+        #: prepared again on another server counts again), and executions bound.
+        self.client_parses = 0
+        self.server_parses = 0
+        self.binds = 0
 
 
 class Pool:
@@ -174,6 +180,9 @@ class Pool:
         self.closed = False
         #: Protocol-specific split of the pool (MySQL: capability flags, charset); None for PG.
         self.variant: Any = None
+        #: What the protocol shares between the pool's sessions (PostgreSQL: its prepared
+        #: statement registry); the pool itself never looks at it.
+        self.protocol_state: Any = None
         self.testing: set[PooledServer] = set()
         #: Set by the listener: True while max_db_connections leaves room for one more.
         self.db_has_room: Callable[[], bool] = lambda: True
@@ -539,6 +548,9 @@ class Pool:
             "max_wait": (now - self.waiters[0].wait_started) if self.waiters else 0.0,
             "clients": self.clients,
             "transactions": self.stats.transactions,
+            "prepared_statements": dict(zip(("distinct", "on_servers"),
+                                            self.protocol_state.counts(), strict=True))
+            if self.protocol_state is not None else {"distinct": 0, "on_servers": 0},
             "tasks": self.driver.tasks,
             "paused": self.paused,
         }

@@ -30,6 +30,7 @@ from .codec import (
 )
 from .login import ClientLogin
 from .params import SYNC_PARAMS, sync_sql
+from .prepared import NAME_PREFIX, ClientStatements, Frame, Framer, Router, statement_registry
 from .retry import request_effects
 from .server import ServerConnection
 from .statements import PinReason, classify
@@ -45,6 +46,8 @@ _FRONTEND_INTERESTING = (MSG_QUERY, MSG_PARSE, MSG_SYNC, MSG_TERMINATE, _MSG_FUN
                          MSG_EXECUTE, MSG_COPY_DONE, MSG_COPY_FAIL)
 #: Query text beyond this is not kept for pin analysis (the statement keywords come first).
 _MAX_ANALYSED = 64 * 1024
+_E = 0x45  # ReadyForQuery status 'E': in a failed transaction block
+_NOWHERE: list[Any] = []
 _MAX_BUFFER_WHILE_WAITING = 256 * 1024
 _PARSE_VERDICTS: dict[bytes, PinReason | None] = {}
 _FLUSH = codec.message(b"H")
@@ -54,7 +57,7 @@ _MISSING: Any = object()
 class ClientConnection(ClientLogin):
     """One application connection to a PostgreSQL listener."""
 
-    _buffer: list[bytes]
+    _buffer: list[Any]
 
     def __init__(self, listener: Any) -> None:
         super().__init__(listener)
@@ -73,26 +76,58 @@ class ClientConnection(ClientLogin):
         self.scanner = codec.MessageScanner(_FRONTEND_INTERESTING, keep_body=(MSG_QUERY, MSG_PARSE),
                                             max_body=_MAX_ANALYSED,
                                             transparent=(MSG_FLUSH, MSG_TERMINATE))
+        #: Renames this client's prepared statements for its servers (None: off, or the
+        #: client's statement names go to its server as they are: session mode, or pinned).
+        self.router: Router | None = None
+        #: Whole messages for the router, for chunks it must see (made on first need).
+        self._framer: Framer | None = None
+        #: What was routed since everything before was answered (plain chunks as bytes, routed
+        #: ones as frames), for a replay elsewhere; `_routed_for` is the server record it
+        #: goes with (ServerSession.sent).
+        self._routed: list[bytes | list[Frame]] = []
+        self._routed_for: list[Any] | None = _NOWHERE
+        self._last = -1  # with the framer: the type of the last message (Flush aside)
+
+    def _logged_in(self) -> None:
+        super()._logged_in()
+        pool = self.pool
+        if pool is not None and pool.settings.max_prepared_statements > 0 \
+                and not self.session_mode:
+            registry = statement_registry(pool)
+            self.router = Router(ClientStatements(registry), registry)
 
     # ------------------------------------------------------------------ hot path
     def _client_data(self, data: bytes) -> None:
+        if self._framer is not None:
+            self._framed_data(data)
+            return
+        scanner = self.scanner
         try:
-            events = self.scanner.feed(data)
+            events = scanner.feed(data)
         except codec.ProtocolError as exc:
             log.info("%r: protocol violation: %s", self, exc)
             self.fail(ProtocolViolation(f"invalid message from client: {exc}"))
             return
+        if self.router is not None and self._needs_router(data, events):
+            # From now on every chunk goes through the router, cut into whole messages (this
+            # one starts a message: every chunk before it ended where a message did).
+            self._framer = Framer()
+            self._last = scanner.last
+            self._framed_data(data)
+            return
         syncs = 0
         if events is not None:
             before = self.pending
-            data = self._inspect(data, events)
+            end = self._inspect(events, 0)
             syncs = self.pending - before
-            if not data:
-                return
+            if end >= 0:
+                data = data[:events[end][2] - 5]
+                if not data:
+                    return
         if self._broken:
             self._answer_broken()
             return
-        self.unsynced = self.scanner.last not in _SYNC_POINTS
+        self.unsynced = scanner.last not in _SYNC_POINTS
         server = self.server
         if server is None:
             if data[:1] == b"H" and data == _FLUSH * (len(data) // 5):
@@ -109,6 +144,90 @@ class ClientConnection(ClientLogin):
             requests.sent(syncs, self.unsynced)
         server.forward(data)
 
+    def _needs_router(self, data: bytes, events: list[tuple[int, bytes, int]] | None) -> bool:
+        """Whether this chunk must go through the router: it prepares a named statement (until
+        then a client has no statement names, and the server answers its Bind, Describe or
+        Close of one as a direct one would), names one of poolproxy's own, or leaves a message
+        or a batch unfinished (a later chunk's statements may need the batch tracked message by
+        message). Until then chunks go out as they are."""
+        scanner = self.scanner
+        if self.unsynced or scanner.in_message or scanner.last not in _SYNC_POINTS \
+                or NAME_PREFIX in data:
+            return True
+        if events is not None:
+            for t, body, _ in events:
+                if t == MSG_PARSE and body[:1] != b"\x00":
+                    return True
+        return False
+
+    def _framed_data(self, data: bytes) -> None:
+        """A chunk of a client whose chunks go through the router (see `_needs_router`): cut
+        into whole messages (a message that names a statement is held until it is whole)."""
+        framer = self._framer
+        assert framer is not None
+        try:
+            frames = framer.feed(data)
+        except ValueError as exc:
+            log.info("%r: protocol violation: %s", self, exc)
+            self.fail(ProtocolViolation(f"invalid message from client: {exc}"))
+            return
+        if not frames:
+            return
+        copy_mode = self.copy_mode
+        end = self._inspect(frames, 5)
+        if end >= 0:
+            frames = frames[:end]
+        last = self._last
+        for t, _, _ in frames:
+            if t >= 0 and t != MSG_FLUSH:
+                last = t
+        self._last = last
+        if not frames:
+            return
+        if self._broken:
+            self._answer_broken()
+            return
+        self.unsynced = last not in _SYNC_POINTS
+        server = self.server
+        if server is None:
+            if all(f[0] == MSG_FLUSH for f in frames):
+                return
+            if self.state is not C_WAITING:
+                server = self._checkout()
+            if server is None:
+                self._buffer_while_waiting(frames, 0, len(data))
+                return
+        self._route(server, frames, copy_mode)
+
+    def _route(self, server: ServerConnection, frames: list[Frame], copy_mode: bool) -> None:
+        router = self.router
+        assert router is not None and self.pool is not None
+        requests = server.requests
+        try:
+            payload, now = router.route(
+                frames, server.statements, requests, self.pool.settings.max_prepared_statements,
+                server.tx_status == _E and not requests, copy_mode)
+        except ValueError as exc:  # a malformed Parse, Bind, Describe or Close
+            log.info("%r: protocol violation: %s", self, exc)
+            self.fail(ProtocolViolation(f"invalid message from client: {exc}"))
+            return
+        sent = server.sent
+        if sent is not None:
+            if self._routed_for is not sent:
+                self._routed = list(sent)  # plain chunks sent since all was answered
+                self._routed_for = sent
+            self._routed.append(frames)
+        if now:
+            server.replied = True
+            self.send(now[0] if len(now) == 1 else b"".join(now))
+        if payload:
+            server.forward(payload)
+
+    def _mid_message(self) -> bool:
+        """The client stopped in the middle of a message."""
+        framer = self._framer
+        return framer.in_message if framer is not None else self.scanner.in_message
+
     def _answer_broken(self) -> None:
         """The transaction this request belongs to died with its server: answer it the way
         PostgreSQL answers a failed request — ErrorResponse at once, then discard until Sync
@@ -122,24 +241,28 @@ class ClientConnection(ClientLogin):
             self.pending = 0
             self.unsynced = False
 
-    def _buffer_while_waiting(self, data: bytes, syncs: int) -> None:
+    def _buffer_while_waiting(self, data: bytes | list[Frame], syncs: int,
+                              size: int = -1) -> None:
         # A waiting client rarely sends more (it awaits our answer), so reading is paused only
         # when it does pile up: pause/resume per wait would cost two syscalls per transaction.
         self._buffer.append(data)
-        self._buffered += len(data)
+        self._buffered += len(data) if size < 0 else size
         self._buffered_syncs += syncs
         if self._buffered > _MAX_BUFFER_WHILE_WAITING and not self._paused:
             self._paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
-    def _inspect(self, data: bytes, events: list[tuple[int, bytes, int]]) -> bytes:
-        """Count what the client owes answers for and look for unreported session state."""
-        for t, body, end in events:
+    def _inspect(self, messages: list[tuple[int, bytes, int]], skip: int) -> int:
+        """Count what the client owes answers for and look for unreported session state, in
+        scanner events (`skip` 0: bodies) or frames (`skip` 5: whole messages). Returns the
+        index of a Terminate (-1: none): what follows it is dropped."""
+        for message in messages:
+            t, body, _ = message
             if t == MSG_QUERY:
                 self.pending += 1
                 self.syncs_since_exec = 0
                 if self.pinned is None:
-                    reason = classify(codec.parse_query(body), self._tracked)
+                    reason = classify(codec.parse_query(body[skip:]), self._tracked)
                     if reason:
                         self._pin(reason)
             elif t == MSG_SYNC:
@@ -148,8 +271,8 @@ class ClientConnection(ClientLogin):
                     self.syncs_since_exec += 1
             elif t == MSG_PARSE:
                 if self.pinned is None:
-                    name, sql = codec.parse_parse(body)
-                    if name:
+                    name, sql = codec.parse_parse(body[skip:])
+                    if name and self.router is None and not self.session_mode:
                         reason = PinReason.PREPARED_STATEMENT
                     else:
                         # Parse texts repeat (placeholders, not literals): remember verdicts.
@@ -176,8 +299,8 @@ class ClientConnection(ClientLogin):
             elif t == MSG_TERMINATE:
                 # Never forward Terminate: the server connection outlives this client.
                 self.close_with(DisconnectReason.CLIENT_CLOSE)
-                return data[:end - 5]
-        return data
+                return messages.index(message)
+        return -1
 
     def _pin(self, reason: PinReason) -> None:
         self.pinned = reason
@@ -201,10 +324,18 @@ class ClientConnection(ClientLogin):
                 sp.update(diff)
             server.param_sig = sig
 
-    def _send_buffered(self, server: ServerConnection, buffered: list[bytes]) -> None:
-        data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
+    def _send_buffered(self, server: ServerConnection, buffered: list[Any]) -> None:
         syncs = self._buffered_syncs
         self._buffered = self._buffered_syncs = 0
+        if any(type(item) is list for item in buffered):
+            # Routed chunks among them: route all (plain chunks are whole messages).
+            frames: list[Frame] = []
+            fresh = Framer()
+            for item in buffered:
+                frames.extend(item if type(item) is list else fresh.feed(item))
+            self._route(server, frames, False)
+            return
+        data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
         server.requests.sent(syncs, self.unsynced)
         server.forward(data)
 
@@ -241,19 +372,40 @@ class ClientConnection(ClientLogin):
             server.requests.ignore_syncs(ignored)
 
     def _holds_server(self) -> bool:
-        return self.unsynced or self.copy_mode or self.scanner.in_message
+        return self.unsynced or self.copy_mode or self._mid_message()
 
     # ------------------------------------------------------------------ loss
     def _inflight_size(self, inflight: list[bytes]) -> int:
         return sum(len(chunk) for chunk in inflight)
 
     def _could_commit(self, inflight: list[bytes], in_block: bool) -> bool:
-        return may_have_committed(request_effects(inflight), in_block)
+        known = self.router.registry.query_of if self.router is not None else None
+        return may_have_committed(request_effects(inflight, known), in_block)
 
-    def _to_replay(self, inflight: list[bytes]) -> list[bytes]:
+    def _to_replay(self, inflight: list[bytes]) -> list[Any]:
         self._buffered = sum(len(chunk) for chunk in inflight)
         self._buffered_syncs = self.pending  # every sync point sent is still owed
+        if self._routed_for is inflight:
+            # Routed chunks were among them: replay what the client sent, for the router to
+            # prepare its statements on the new server.
+            routed, self._routed, self._routed_for = self._routed, [], _NOWHERE
+            return routed
         return list(inflight)
+
+    def prepared_count(self) -> int:
+        return len(self.router.client) if self.router is not None else 0
+
+    def statement_name(self, server_name: bytes) -> bytes | None:
+        return self.router.client.name_of(server_name) if self.router is not None else None
+
+    def on_statements_discarded(self) -> None:
+        if self.router is not None:
+            self.router.client.clear()
+
+    def _disconnect(self) -> None:
+        super()._disconnect()
+        if self.router is not None:
+            self.router.client.clear()
 
     def _answer_lost(self, server: ServerConnection, outcome: LossOutcome) -> None:
         """Answer what was in flight: an ERROR for the request (or for the client's next one,
@@ -280,12 +432,12 @@ class ClientConnection(ClientLogin):
     def _left_clean(self, server: ServerConnection) -> bool:
         # An unsynced Execute or a Flush batch still produces rows, which would reach the next
         # client; a half-sent message or COPY leaves the server waiting for more.
-        return not (self.pending > 0 or self.unsynced or self.scanner.in_message
+        return not (self.pending > 0 or self.unsynced or self._mid_message()
                     or self.copy_mode or server.requests)
 
     def _cancel_on_abort(self) -> bool:
         # A client that stopped mid-message has not started anything: the server waits.
-        return not self.scanner.in_message
+        return not self._mid_message()
 
 
 def _loss_error(server: ServerConnection, outcome: LossOutcome) -> bytes:

@@ -23,6 +23,7 @@ MAX_MESSAGE = 0x3FFFFFFF
 MSG_READY_FOR_QUERY = 0x5A  # 'Z'
 MSG_PARAMETER_STATUS = 0x53  # 'S' (backend)
 MSG_ERROR = 0x45  # 'E' (backend)
+MSG_COMMAND_COMPLETE = 0x43  # 'C' (backend)
 MSG_NOTICE = 0x4E  # 'N'
 MSG_COPY_IN = 0x47  # 'G'
 MSG_COPY_OUT = 0x48  # 'H' (backend)
@@ -68,15 +69,19 @@ class MessageScanner:
 
     `feed()` returns None when the chunk held nothing of interest, else a list of
     `(type, body, end)` where `end` is the offset in *this* chunk just past the message. Bodies
-    are only materialised for types in `keep_body` (and truncated to `max_body` bytes: enough to
-    classify a query, never a memory hazard); other interesting types get an empty body.
-    Everything else is skipped by arithmetic, so the cost is one header read per message.
+    are only materialised for types in `keep_body` (truncated to `max_body` bytes, or to the
+    cap `keep_body` maps the type to: enough to classify a query or read a statement name,
+    never a memory hazard); other interesting types get an empty body. Everything else is
+    skipped by arithmetic, so the cost is one header read per message.
+
+    `interesting` may be replaced between feeds: a message that was being skipped when it
+    became interesting still yields its (bodiless) event when it ends.
     """
 
-    __slots__ = ("interesting", "keep_body", "max_body", "_skip", "_hdr", "_cur", "_buf", "_need",
-                 "_trunc", "max_message", "last", "transparent")
+    __slots__ = ("interesting", "keep_body", "max_body", "_skip", "_skip_type", "_hdr", "_cur",
+                 "_buf", "_need", "_trunc", "max_message", "last", "transparent", "started_mid")
 
-    def __init__(self, interesting: Iterable[int], keep_body: Iterable[int] = (),
+    def __init__(self, interesting: Iterable[int], keep_body: Iterable[int] | Mapping[int, int] = (),
                  max_body: int = 1 << 20, max_message: int = MAX_MESSAGE,
                  transparent: Iterable[int] = ()) -> None:
         self.interesting = frozenset(interesting)
@@ -84,16 +89,21 @@ class MessageScanner:
         #: changes nothing about what the client has synced; Terminate ends the stream, and
         #: what came before it still decides whether a batch was left unsynced).
         self.transparent = frozenset(transparent)
-        self.keep_body = frozenset(keep_body)
+        #: Types whose bodies are kept, and how many bytes of each at most.
+        self.keep_body: dict[int, int] = (
+            dict(keep_body) if isinstance(keep_body, Mapping) else dict.fromkeys(keep_body, max_body))
         self.max_body = max_body
         self.max_message = max_message
         self._skip = 0  # bytes of an uninteresting message body still to pass over
+        self._skip_type = -1  # the type of that message
         self._hdr = b""  # an incomplete header carried over from the previous chunk
         self._cur = -1  # type of an interesting message whose body is still arriving
         self._buf = bytearray()
         self._need = 0  # body bytes of `_cur` still to arrive
         self._trunc = 0  # body bytes of `_cur` still to arrive but not kept (over max_body)
         self.last = -1  # type of the last message whose header has been seen
+        #: The last chunk fed began in the middle of a message.
+        self.started_mid = False
 
     @property
     def in_message(self) -> bool:
@@ -104,12 +114,15 @@ class MessageScanner:
         n = len(data)
         pos = 0
         events: list[tuple[int, bytes, int]] | None = None
+        self.started_mid = bool(self._skip or self._cur >= 0 or self._hdr)
         if self._skip:
-            if self._skip >= n:
+            if self._skip > n:
                 self._skip -= n
                 return None
             pos = self._skip
             self._skip = 0
+            if self._skip_type in self.interesting:  # it became interesting meanwhile
+                events = [(self._skip_type, b"", pos)]
         elif self._cur >= 0:
             pos, done = self._continue_body(data)
             if done is None:
@@ -142,6 +155,7 @@ class MessageScanner:
             else:
                 if pos + body_len > n:
                     self._skip = pos + body_len - n
+                    self._skip_type = t
                     return None
                 pos += body_len
         interesting = self.interesting
@@ -164,9 +178,9 @@ class MessageScanner:
                 if end <= n:
                     if events is None:
                         events = []
-                    if t in keep:
-                        body_end = min(end, pos + 5 + self.max_body)
-                        events.append((t, data[pos + 5:body_end], end))
+                    cap = keep.get(t)
+                    if cap is not None:
+                        events.append((t, data[pos + 5:min(end, pos + 5 + cap)], end))
                     else:
                         events.append((t, b"", end))
                 else:
@@ -177,6 +191,7 @@ class MessageScanner:
                     break
             elif end > n:
                 self._skip = end - n
+                self._skip_type = t
                 break
             pos = end
         if last >= 0:
@@ -186,8 +201,9 @@ class MessageScanner:
     def _start_body(self, t: int, body_len: int) -> None:
         self._cur = t
         self._buf = bytearray()
-        if t in self.keep_body:
-            kept = min(body_len, self.max_body)
+        cap = self.keep_body.get(t)
+        if cap is not None:
+            kept = min(body_len, cap)
             self._need = kept
             self._trunc = body_len - kept
         else:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..core.effects import Effect, is_literal_select, leading_words, split_statements
 
@@ -53,9 +53,11 @@ def _cstr(body: bytes, pos: int) -> tuple[bytes, int]:
     return body[pos:end], end + 1
 
 
-def request_effects(chunks: Iterable[bytes]) -> list[Effect]:
+def request_effects(chunks: Iterable[bytes],
+                    known: Callable[[bytes], bytes | None] | None = None) -> list[Effect]:
     """The effects of the whole messages in `chunks` (client -> server bytes), in order. An
-    Execute of a statement prepared before these chunks is `DURABLE`: its SQL is unknown here."""
+    Execute of a statement prepared before these chunks is `DURABLE` unless `known` gives its
+    query text (poolproxy's own prepared statements)."""
     data = b"".join(chunks)
     out: list[Effect] = []
     statements: dict[bytes, Effect] = {}
@@ -73,11 +75,15 @@ def request_effects(chunks: Iterable[bytes]) -> list[Effect]:
             out.extend(sql_effects(_cstr(body, 0)[0]))
         elif t == 0x50:  # Parse
             name, at = _cstr(body, 0)
-            effects = sql_effects(_cstr(body, at)[0])
-            statements[name] = max(effects, key=_RANK.__getitem__) if effects else Effect.NONE
+            statements[name] = _strongest(sql_effects(_cstr(body, at)[0]))
         elif t == 0x42:  # Bind
             portal, at = _cstr(body, 0)
-            portals[portal] = statements.get(_cstr(body, at)[0], Effect.DURABLE)
+            name = _cstr(body, at)[0]
+            effect = statements.get(name)
+            if effect is None:
+                sql = known(name) if known is not None and name else None
+                effect = Effect.DURABLE if sql is None else _strongest(sql_effects(sql))
+            portals[portal] = effect
         elif t == 0x45:  # Execute
             out.append(portals.get(_cstr(body, 0)[0], Effect.DURABLE))
         elif t == 0x46:  # FunctionCall
@@ -90,3 +96,7 @@ def request_effects(chunks: Iterable[bytes]) -> list[Effect]:
 #: For a Parse holding several statements (PostgreSQL refuses that anyway): the strongest.
 _RANK = {Effect.NONE: 0, Effect.ROLLBACK: 1, Effect.BEGIN: 2, Effect.BEGIN_COMMITS: 3,
          Effect.WRITE: 4, Effect.COMMIT: 5, Effect.DURABLE: 6}
+
+
+def _strongest(effects: list[Effect]) -> Effect:
+    return max(effects, key=_RANK.__getitem__) if effects else Effect.NONE

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from ..auth import md5 as md5auth
 from ..auth import scram
-from ..core.requests import SWALLOW
+from ..core.requests import REPLACE, RESULT, SWALLOW
 from ..core.server import ServerSession, connect_and_login, open_transport
+from ..core.session import ClientSession
 from ..errors import ServerConnectionLost, ServerLoginError, ServerUnavailable
 from ..pool import CloseReason, Pool
 from . import codec
 from .codec import (
     MSG_AUTH,
     MSG_BACKEND_KEY,
+    MSG_COMMAND_COMPLETE,
     MSG_COPY_BOTH,
     MSG_COPY_IN,
     MSG_ERROR,
     MSG_PARAMETER_STATUS,
     MSG_READY_FOR_QUERY,
 )
+from .prepared import NAME_PREFIX, ServerStatements, statement_registry
 
 log = logging.getLogger("poolproxy.postgres.server")
 
@@ -37,9 +41,38 @@ _I = 0x49  # ReadyForQuery status 'I': idle, no transaction
 #: Login errors that pass by themselves: admin shutdown, crash shutdown, cannot connect now,
 #: too many connections.
 _TRANSIENT_LOGIN = frozenset(("57P01", "57P02", "57P03", "53300"))
+#: The replies the hot path looks at; with message-by-message tracking, also those that end a
+#: step: ParseComplete, BindComplete, CloseComplete, NoData, RowDescription (a Describe's),
+#: CommandComplete, EmptyQueryResponse, PortalSuspended (an Execute's).
+_PLAIN = frozenset((MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_COPY_IN, MSG_COPY_BOTH,
+                    MSG_ERROR))
+#: While the server has prepared statements: also CommandComplete (DISCARD ALL, DEALLOCATE).
+_WATCH = _PLAIN | frozenset(b"C")
+_PRECISE = _PLAIN | frozenset(b"123nTCIs")
+#: Request message type -> the reply types that end its reply.
+_STEP_ENDS = {ord("P"): frozenset(b"1"), ord("B"): frozenset(b"2"), ord("C"): frozenset(b"3"),
+              ord("D"): frozenset(b"Tn"), ord("E"): frozenset(b"CIs"), ord("Q"): frozenset(b"CI")}
+_NOTHING: frozenset[int] = frozenset()
 #: FATALs that end a session because of a shutdown or a timeout, not because of the request:
 #: as the first reply to a request, evidence that the request did not run.
 _GOING_AWAY = frozenset(("57P01", "57P02", "57P03", "57P05"))
+
+
+#: An error text that names one of poolproxy's statements.
+_OUR_NAME = b'"' + NAME_PREFIX
+_NAMED = re.compile(rb'"(' + NAME_PREFIX + rb'[0-9]+)"')
+
+
+def _patched(data: bytes, fixes: list[tuple[int, int, bytes]]) -> bytes:
+    """`data` with the (start, end) ranges of `fixes` replaced by their bytes."""
+    out: list[bytes] = []
+    pos = 0
+    for start, end, new in fixes:
+        out.append(data[pos:start])
+        out.append(new)
+        pos = end
+    out.append(data[pos:])
+    return b"".join(out)
 
 
 def _is_fatal(body: bytes) -> bool:
@@ -66,8 +99,10 @@ class ServerConnection(ServerSession):
         #: The fields of the FATAL the server sent before closing (its own reason), if any.
         self.last_words: dict[str, str] | None = None
         self.scanner = codec.MessageScanner(
-            (MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_COPY_IN, MSG_COPY_BOTH, MSG_ERROR),
-            keep_body=(MSG_READY_FOR_QUERY, MSG_PARAMETER_STATUS, MSG_ERROR))
+            _PLAIN, keep_body={MSG_READY_FOR_QUERY: 1, MSG_PARAMETER_STATUS: 1 << 20,
+                               MSG_ERROR: 1 << 20, MSG_COMMAND_COMPLETE: 16})
+        #: The prepared statements this server connection has (postgres/prepared.py).
+        self.statements = ServerStatements(statement_registry(pool))
         # Login and internal queries read whole messages through this.
         self._reader: codec.MessageReader | None = codec.MessageReader()
 
@@ -82,21 +117,27 @@ class ServerConnection(ServerSession):
         if client is None:
             self._unlinked_data(data)
             return
+        requests = self.requests
+        scanner = self.scanner
+        wanted = _PRECISE if requests.precise else _WATCH if self.statements.lru else _PLAIN
+        if scanner.interesting is not wanted:
+            scanner.interesting = wanted
         try:
-            events = self.scanner.feed(data)
+            events = scanner.feed(data)
         except codec.ProtocolError as exc:
             log.error("%r: server sent invalid data: %s", self, exc)
             self.close(CloseReason.SERVER_PROTOCOL_ERROR)
             return
         stats = self.pool.stats
-        requests = self.requests
         if events is None:
             if requests and requests[0].action is SWALLOW:
                 return  # the replies to our own query (parameter sync)
-            stats.bytes_out += len(data)
-            self.replied = True
-            self.outbox.write(client.transport, data)
-            return
+            if not requests.precise:
+                stats.bytes_out += len(data)
+                self.replied = True
+                self.outbox.write(client.transport, data)
+                return
+            events = []
         #: Offset in this chunk where a reply to what is in flight would start: a FATAL there
         #: is the server's first reply to it (-1: the client has seen a reply byte already).
         clean_at = -1 if self.replied else 0
@@ -104,27 +145,38 @@ class ServerConnection(ServerSession):
             data, events = self._swallow(data, events)
             if not data:
                 return
+        if requests.precise:
+            self._precise(client, data, events, clean_at)
+            return
         readies = 0
         status = _I
+        fixes: list[tuple[int, int, bytes]] | None = None  # errors naming our statements
         for t, body, end in events:
-            if t == MSG_ERROR and _is_fatal(body):
-                # The server is going away (terminated, shutting down). Never hand its FATAL to
-                # the client, which would drop its own connection: forward what came before,
-                # then treat the server as lost (replay if nothing ran, else an error).
-                start = end - len(body) - 5
-                if start > 0:
-                    stats.bytes_out += start
-                    self.outbox.write(client.transport, data[:start])
-                self.replied = start != clean_at
-                if readies:
-                    client.on_ready(status, readies)
-                self._fatal(body, not self.replied)
-                return
-            if t == MSG_READY_FOR_QUERY:
+            if t == MSG_ERROR:
+                if _is_fatal(body):
+                    # The server is going away (terminated, shutting down). Never hand its FATAL
+                    # to the client, which would drop its own connection: forward what came
+                    # before, then treat the server as lost (replay if nothing ran, else an
+                    # error).
+                    start = end - len(body) - 5
+                    if start > 0:
+                        head = _patched(data[:start], fixes) if fixes else data[:start]
+                        stats.bytes_out += len(head)
+                        self.outbox.write(client.transport, head)
+                    self.replied = start != clean_at
+                    if readies:
+                        client.on_ready(status, readies)
+                    self._fatal(body, not self.replied)
+                    return
+                if requests and requests[0].extra:
+                    self._plan_refused(requests[0].extra, body)
+                if _OUR_NAME in body:
+                    if fixes is None:
+                        fixes = []
+                    fixes.append((end - len(body) - 5, end, self._client_names(client, body)))
+            elif t == MSG_READY_FOR_QUERY:
                 status = self.tx_status = body[0]
-                if requests.precise:
-                    requests.batch_done()
-                elif requests:
+                if requests:
                     requests.popleft()
                 readies += 1
                 if not requests:
@@ -139,9 +191,13 @@ class ServerConnection(ServerSession):
                 client.on_parameter(name, value)
             elif t == MSG_COPY_IN or t == MSG_COPY_BOTH:
                 client.on_copy_in()
+            elif t == MSG_COMMAND_COMPLETE:
+                self._command_done(client, body)
         # No reply to what is in flight reached the client if the chunk ends where the last
         # answer to everything before it did.
         self.replied = clean_at != len(data)
+        if fixes:
+            data = _patched(data, fixes)
         stats.bytes_out += len(data)
         stats.queries += readies
         if readies:
@@ -150,6 +206,150 @@ class ServerConnection(ServerSession):
             # server, this chunk still to this client).
             client.on_ready(status, readies)
         self.outbox.write(client.transport, data)
+
+    def _precise(self, client: ClientSession[Any], data: bytes,
+                 events: list[tuple[int, bytes, int]], clean_at: int) -> None:
+        """The replies when the request queue tracks messages one by one (a client's
+        prepared statements are in play): each reply that ends a step is forwarded, swallowed
+        (our own Parse or Close) or replaced, and synthesized replies are put in their place."""
+        requests = self.requests
+        stats = self.pool.stats
+        out: list[bytes] = requests.due()  # a batch may open with synthesized replies
+        pos = 0  # data before this is in `out` (or dropped)
+        seg = 0  # where the reply to the head step began (what SWALLOW and RESULT drop)
+        readies = 0
+        status = _I
+        for t, body, end in events:
+            if t == MSG_ERROR:
+                start = end - len(body) - 5
+                if _is_fatal(body):
+                    out.append(data[pos:start])
+                    payload = b"".join(out)
+                    if payload:
+                        stats.bytes_out += len(payload)
+                        self.outbox.write(client.transport, payload)
+                    self.replied = start != clean_at
+                    if readies:
+                        client.on_ready(status, readies)
+                    self._fatal(body, not self.replied)
+                    return
+                batch = requests[0] if requests else None
+                if batch is None:
+                    continue
+                code = codec.parse_error_fields(body).get("C", "")
+                if batch.extra:
+                    self._plan_refused(batch.extra, body, code)
+                renamed = self._client_names(client, body) if _OUR_NAME in body else None
+                step = batch.steps[0] if batch.steps else None
+                if step is not None:
+                    requests.error_code = code
+                    requests.step_done(False)
+                    requests.skip_to_sync()  # the server skips the rest of the batch too
+                if step is not None and step.action is REPLACE and code != "25P02":
+                    # The error the client's own request deserves (a failed transaction block
+                    # refuses it with 25P02 first, as it would the client's request).
+                    renamed = step.reply
+                elif step is not None and (step.action is SWALLOW or step.action is RESULT):
+                    out.append(data[pos:seg])  # drop its reply so far; the error goes on
+                    pos = start
+                if renamed is not None:
+                    out.append(data[pos:start])
+                    out.append(renamed)
+                    pos = end
+                seg = end
+                continue
+            if t == MSG_READY_FOR_QUERY:
+                status = self.tx_status = body[0]
+                requests.batch_done()
+                readies += 1
+                if not requests:
+                    self.sent = []
+                    self.answered = True
+                    clean_at = end
+                seg = end
+                due = requests.due()  # the next batch may open with synthesized replies
+                if due:
+                    out.append(data[pos:end])
+                    out.extend(due)
+                    pos = end
+                continue
+            if t == MSG_PARAMETER_STATUS:
+                name, value = codec.parse_parameter_status(body)
+                self.params[name] = value
+                self.param_sig = None
+                client.on_parameter(name, value)
+                continue
+            if t == MSG_COPY_IN or t == MSG_COPY_BOTH:
+                client.on_copy_in()
+                continue
+            if t == MSG_COMMAND_COMPLETE:
+                self._command_done(client, body)
+            steps = requests[0].steps if requests else None
+            if not steps:
+                continue
+            step = steps[0]
+            if t not in _STEP_ENDS.get(step.kind, _NOTHING):
+                continue
+            requests.step_done(True)
+            action = step.action
+            if action is SWALLOW:  # the reply to our own Parse or Close
+                out.append(data[pos:seg])
+                pos = end
+            elif action is RESULT:  # a stand-in's reply, replaced by the client's result
+                out.append(data[pos:seg])
+                out.append(step.reply)
+                pos = end
+            seg = end
+            due = requests.due()
+            if due:
+                out.append(data[pos:end])
+                out.extend(due)
+                pos = end
+        head = requests[0].steps if requests else None
+        if head and (head[0].action is SWALLOW or head[0].action is RESULT):
+            out.append(data[pos:seg])  # the start of a reply to drop: the rest comes later
+        else:
+            out.append(data[pos:])
+        payload = b"".join(out)
+        self.replied = clean_at != len(data)
+        stats.bytes_out += len(payload)
+        stats.queries += readies
+        if readies:
+            client.on_ready(status, readies)
+        if payload:
+            self.outbox.write(client.transport, payload)
+
+    @staticmethod
+    def _client_names(client: ClientSession[Any], body: bytes) -> bytes:
+        """An ErrorResponse (from its body) naming the client's statements by the client's
+        names, not poolproxy's."""
+        def name(m: re.Match[bytes]) -> bytes:
+            own = client.statement_name(m.group(1))
+            return b'"' + (own if own is not None else m.group(1)) + b'"'
+        body = _NAMED.sub(name, body)
+        return b"E" + (len(body) + 4).to_bytes(4, "big") + body
+
+    def _plan_refused(self, bound: list[Any], body: bytes, code: str | None = None) -> None:
+        """An error in a batch that binds prepared statements: after DDL the server refuses
+        a statement's old plan ("cached plan must not change result type", 0A000) until it is
+        prepared again, so the client's usual recovery (prepare again) would fail forever."""
+        if code is None:
+            code = codec.parse_error_fields(body).get("C", "")
+        if code == "0A000":
+            self.statements.refused(bound)
+
+    def _command_done(self, client: ClientSession[Any], tag: bytes) -> None:
+        """CommandComplete while this server has prepared statements: DISCARD ALL and
+        DEALLOCATE ALL removed them all (and the client's own names); a DEALLOCATE of one of
+        poolproxy's names (only a client that is not pinned could have sent it: its own SQL
+        PREPAREs pin it) leaves poolproxy unsure which is gone."""
+        if tag[:1] != b"D":
+            return
+        if tag.startswith(b"DISCARD ALL") or tag.startswith(b"DEALLOCATE ALL"):
+            self.statements.clear()
+            client.on_statements_discarded()
+        elif tag.startswith(b"DEALLOCATE") and client.pinned is None and not client.session_mode:
+            self.statements.unsure()
 
     def _fatal(self, body: bytes, first_reply: bool) -> None:
         """The server sent FATAL and is closing: keep its words for the client's error, and
@@ -205,6 +405,12 @@ class ServerConnection(ServerSession):
     def reusable(self) -> bool:
         return not self.requests and self.tx_status == _I and not self.scanner.in_message
 
+    def _closed(self) -> None:
+        self.statements.clear()
+
+    def prepared_count(self) -> int:
+        return len(self.statements)
+
     def sync_parameters(self, sql: str) -> None:
         """Send our own parameter sync ahead of the client's request; its replies are
         swallowed (a SWALLOW batch of the request queue)."""
@@ -220,6 +426,7 @@ class ServerConnection(ServerSession):
             errors = await self.run_internal("DISCARD ALL")
             if errors:
                 raise ServerConnectionLost(f"DISCARD ALL failed: {errors[0].get('M')}")
+            self.statements.clear()
 
     # ------------------------------------------------------------------ login
     async def _login(self) -> None:

@@ -65,6 +65,19 @@ def extended_query() -> tuple[bytes, bytes]:
     return q, resp
 
 
+def prepared_query() -> tuple[bytes, bytes, bytes, bytes]:
+    """pgbench -M prepared: the statement is prepared once, then each transaction is Bind /
+    Execute / Sync of it (first: the Parse and its reply)."""
+    sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+    bind = b"\x00P0_1\x00\x00\x00\x00\x01\x00\x00\x00\x0512345\x00\x00"
+    prepare = msg(b"P", b"P0_1\x00" + sql + b"\x00\x00\x00") + msg(b"S", b"")
+    prepared = msg(b"1", b"") + msg(b"Z", b"I")
+    q = msg(b"B", bind) + msg(b"E", b"\x00\x00\x00\x00\x00") + msg(b"S", b"")
+    resp = (msg(b"2", b"") + msg(b"D", b"\x00\x01\x00\x00\x00\x041234")
+            + msg(b"C", b"SELECT 1\x00") + msg(b"Z", b"I"))
+    return prepare, prepared, q, resp
+
+
 async def run(kind: str, n: int) -> float:
     cfg = parse_config("""
 listeners:
@@ -86,8 +99,14 @@ admin: {listen: null}
     client.transport = FakeTransport()  # type: ignore[assignment]
     client.pool = pool
     client.params = dict(server.params)
-    client.state = ClientState.IDLE
-    q, resp = simple_query() if kind == "simple" else extended_query()
+    client._logged_in()  # as after a login: prepared statements handled (the default)
+    if kind == "prepared":
+        prepare, prepared, q, resp = prepared_query()
+        client.data_received(prepare)
+        server.data_received(prepared)
+        pool.stats.transactions = 0
+    else:
+        q, resp = simple_query() if kind == "simple" else extended_query()
     t0 = time.process_time()
     # The event loop flushes the outbox after each batch of ready sockets; under pgbench load
     # a batch holds ~40 events (strace), i.e. ~20 transactions here.
@@ -104,7 +123,7 @@ admin: {listen: null}
 
 
 def main() -> None:
-    for kind in ("simple", "extended"):
+    for kind in ("simple", "extended", "prepared"):
         best = min(asyncio.run(run(kind, 50000)) for _ in range(3))
         print(f"{kind:9s} {best:6.2f} µs of Python per transaction")
 

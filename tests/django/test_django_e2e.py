@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from tests.harness import ProxyProcess, make_config, mysql_listener, pg_listener
+from tests.harness.util import metric
 
 DJANGO_DIR = Path(__file__).resolve().parent
 DBNAME = "pp_django"
@@ -235,18 +236,31 @@ def test_update_or_create_races(dj: DjangoTarget) -> None:
 def test_iterator_and_server_side_cursors(dj: DjangoTarget) -> None:
     """DISABLE_SERVER_SIDE_CURSORS=True works everywhere; on PostgreSQL, without it, iterator()
     outside atomic() declares a WITH HOLD cursor that pins the client (other clients of a
-    pool_size 1 pool then wait for query_wait_timeout), and so does psycopg 3 with
-    server_side_binding and a prepare_threshold (named prepared statements)."""
+    pool_size 1 pool then wait for query_wait_timeout). psycopg 3 with server_side_binding
+    and a prepare_threshold (named prepared statements) does NOT pin: poolproxy prepares the
+    statements on whichever server the client gets."""
+    pg = dj.engine == "postgresql"
+    if pg:
+        pins_before = metric(dj.proxy, "poolproxy_client_pins_total", listener="one",
+                             reason="prepared_statement")
+        parses_before = metric(dj.proxy, "poolproxy_prepared_statements_total",
+                               listener="one", side="client")
     result = dj.scenario("iterator", listener="one")
-    if dj.engine == "postgresql":
+    if pg:
         blocked = result["ssc_autocommit_then_other_client"]
         assert blocked["seconds"] >= QUERY_WAIT_ONE * 0.8, blocked
         assert "query_wait_timeout" in blocked["error"], blocked
         assert blocked["sqlstate"] == "57014", blocked
-        assert result["prep_then_other_client"]["blocked"]
+        assert not result["prep_then_other_client"]["blocked"]
         assert not result["ssb_then_other_client"]["blocked"]
         assert not result["prep_client_then_other_client"]["blocked"]
         assert not result["after_ssc_closed"]["blocked"]
+        assert not result["after_prep_closed"]["blocked"]
+        # The prep alias did prepare named statements, and no client was pinned for that.
+        assert metric(dj.proxy, "poolproxy_prepared_statements_total", listener="one",
+                      side="client") > parses_before
+        assert metric(dj.proxy, "poolproxy_client_pins_total", listener="one",
+                      reason="prepared_statement") == pins_before
 
 
 def test_use_tz_with_tokyo_time_zone(dj: DjangoTarget) -> None:

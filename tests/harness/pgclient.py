@@ -29,11 +29,11 @@ def pool_of_one_proxy(pg: PgServer, workdir: Path, query_wait: float) -> Iterato
 
 def connect(proxy: ProxyProcess, **kwargs: Any) -> psycopg.Connection:
     """A psycopg connection as app to database app through listener ``pg`` (autocommit unless
-    given; no named prepared statements, which would pin the client to its server)."""
+    given; psycopg otherwise at its defaults)."""
     kwargs.setdefault("autocommit", True)
     return psycopg.connect(
         host="127.0.0.1", port=proxy.port("pg"), user="app", password="app-secret",
-        dbname="app", prepare_threshold=None, connect_timeout=10, **kwargs)
+        dbname="app", connect_timeout=10, **kwargs)
 
 
 def one(conn: psycopg.Connection, sql: str, params: tuple | None = None) -> Any:

@@ -19,9 +19,8 @@ the fault hits. The witness is the row counter, read over a direct superuser con
   batch, a COMMIT, a SELECT calling a writing function: 08007, never replayed.
 - session-only SET / SHOW whose answer is lost: replayed transparently.
 
-Drivers run at their defaults, except psycopg's ``prepare_threshold=None`` (what the README
-prescribes for poolproxy: named prepared statements would pin the client); asyncpg only uses
-``execute()`` without arguments, which prepares nothing.
+Drivers run at their defaults (psycopg 3's prepare_threshold, asyncpg's statement cache);
+asyncpg only uses ``execute()`` without arguments, which prepares nothing.
 """
 
 from __future__ import annotations
@@ -76,7 +75,7 @@ def count(pg: PgServer) -> int:
 def connect(proxy: ProxyProcess, autocommit: bool = True) -> psycopg.Connection[Any]:
     return psycopg.connect(host="127.0.0.1", port=proxy.port("pg"), user="app",
                            password="app-secret", dbname="app", autocommit=autocommit,
-                           connect_timeout=10, prepare_threshold=None)
+                           connect_timeout=10)
 
 
 async def aconnect(proxy: ProxyProcess) -> asyncpg.Connection:

@@ -43,13 +43,17 @@ POOLS_COLUMNS = ["database", "user", "cl_active", "cl_waiting", "cl_active_cance
                  "cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled",
                  "sv_idle", "sv_used", "sv_tested", "sv_login", "maxwait", "maxwait_us",
                  "pool_mode"]
-STATS_COLUMNS = ["database", "total_xact_count", "total_query_count", "total_received",
-                 "total_sent", "total_xact_time", "total_query_time", "total_wait_time",
+#: PgBouncer 1.23's SHOW STATS columns, in its order.
+STATS_COLUMNS = ["database", "total_server_assignment_count", "total_xact_count",
+                 "total_query_count", "total_received", "total_sent", "total_xact_time",
+                 "total_query_time", "total_wait_time", "total_client_parse_count",
+                 "total_server_parse_count", "total_bind_count", "avg_server_assignment_count",
                  "avg_xact_count", "avg_query_count", "avg_recv", "avg_sent", "avg_xact_time",
-                 "avg_query_time", "avg_wait_time"]
+                 "avg_query_time", "avg_wait_time", "avg_client_parse_count",
+                 "avg_server_parse_count", "avg_bind_count"]
 CONN_COLUMNS = ["type", "user", "database", "state", "addr", "port", "local_addr", "local_port",
                 "connect_time", "request_time", "wait", "wait_us", "close_needed", "ptr", "link",
-                "remote_pid", "tls", "application_name"]
+                "remote_pid", "tls", "application_name", "prepared_statements"]
 DATABASES_COLUMNS = ["name", "host", "port", "database", "force_user", "pool_size",
                      "min_pool_size", "reserve_pool", "pool_mode", "max_connections",
                      "current_connections", "paused", "disabled"]
@@ -79,7 +83,6 @@ def show(conn: psycopg.Connection[Any], what: str) -> list[dict[str, Any]]:
 
 def pg_connect(proxy: ProxyProcess, **kwargs: Any) -> psycopg.Connection[Any]:
     kwargs.setdefault("autocommit", True)
-    kwargs.setdefault("prepare_threshold", None)
     return psycopg.connect(host="127.0.0.1", port=proxy.port("pg"), user="app",
                            password="app-secret", dbname="app", connect_timeout=5, **kwargs)
 
@@ -274,7 +277,14 @@ def test_show_stats_counts_the_workload(both_proxy: ProxyProcess) -> None:
         return after[db][col] - before.get(db, dict.fromkeys(STATS_COLUMNS, 0))[col]
 
     assert delta("app", "total_xact_count") == 11
-    assert delta("app", "total_query_count") == 6 * 4 + 5
+    # psycopg at its defaults prepares both queries at their 6th run (prepare_threshold 5),
+    # inside a transaction, with a Parse + Sync round trip of its own: 2 more queries.
+    assert pg.prepare_threshold == 5
+    assert delta("app", "total_query_count") == 6 * 4 + 5 + 2
+    assert delta("app", "total_client_parse_count") == 2
+    assert 2 <= delta("app", "total_server_parse_count") <= 4  # once per server used
+    # The prepared executions: SELECT %s::int at its runs 6 to 11, SELECT 'x' at its 6th.
+    assert delta("app", "total_bind_count") == 6 + 1
     assert delta("app2", "total_xact_count") == 8
     assert delta("app2", "total_query_count") == 7 + 3
     assert delta("app", "total_received") > 0 and delta("app", "total_sent") > 0

@@ -291,16 +291,17 @@ def test_metrics_count_pg_transactions_and_queries(pg_proxy_fresh: ProxyProcess)
     status, text = http_get_status(proxy, "/metrics")
     assert status == 200
     assert sample_value(text, "poolproxy_build_info", version=__version__) == 1.0
-    # prepare_threshold=None: psycopg would otherwise PREPARE the query after 5 runs (which
-    # pins the client to its server, a different test).
-    with pg_connect(proxy, prepare_threshold=None) as conn:
+    with pg_connect(proxy) as conn:
         for i in range(10):
             assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
         _, text = http_get_status(proxy, "/metrics")
     labels = {"listener": "pg", "database": "app", "user": "app"}
-    assert sample_value(text, "poolproxy_transactions_total", **labels) == 10
-    assert sample_value(text, "poolproxy_queries_total", **labels) == 10
-    assert sample_value(text, "poolproxy_transaction_duration_seconds_count", **labels) == 10
+    # psycopg at its defaults prepares the query at its 6th run (prepare_threshold 5) with a
+    # round trip of its own (Parse + Sync) before the Bind/Execute: 11 sync points in all,
+    # each one query and one (autocommit) transaction.
+    assert sample_value(text, "poolproxy_transactions_total", **labels) == 11
+    assert sample_value(text, "poolproxy_queries_total", **labels) == 11
+    assert sample_value(text, "poolproxy_transaction_duration_seconds_count", **labels) == 11
     assert sample_value(text, "poolproxy_server_connections_opened_total", **labels) == 1
     assert sample_value(text, "poolproxy_client_connections_total", listener="pg",
                         result="accepted") == 1
@@ -399,19 +400,30 @@ def test_metrics_no_duplicate_series_for_mysql_pool_variants(
     assert sample_value(text, "poolproxy_transactions_total", **labels) in (6, 8)
 
 
-def test_metrics_count_transactions_of_a_pinned_client(pg_proxy_fresh: ProxyProcess) -> None:
-    """psycopg prepares a query it ran 5 times (a named prepared statement): that pins the
-    client to its server, but its transactions still happen and must still be counted."""
+def test_metrics_count_prepared_statements_of_an_unpinned_client(
+        pg_proxy_fresh: ProxyProcess) -> None:
+    """psycopg prepares a query it ran 5 times (its default prepare_threshold: a named
+    prepared statement). In transaction mode that no longer pins the client to its server
+    (poolproxy renames the statement and prepares it on whichever server the client gets):
+    no pin is counted, and the statement, its server-side Parse and its executions are."""
     proxy = pg_proxy_fresh
-    with pg_connect(proxy, prepare_threshold=5) as conn:
+    with pg_connect(proxy) as conn:
         for i in range(10):
             assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
         _, text = http_get_status(proxy, "/metrics")
     labels = {"listener": "pg", "database": "app", "user": "app"}
-    # Queries count ReadyForQuery: preparing adds one (Parse + Sync) to the 10 statements.
-    assert sample_value(text, "poolproxy_queries_total", **labels) in (10, 11)
-    xacts = sample_value(text, "poolproxy_transactions_total", **labels)
-    assert 10 <= xacts <= 11, f"{xacts} transactions counted for 10 autocommit statements"
+    pins = {(n, lab.get("reason")): v for n, lab, v in samples(text)
+            if n in ("poolproxy_client_pins_total", "poolproxy_clients_pinned")}
+    assert not any(pins.values()), f"the client was pinned: {pins}"
+    assert sample_value(text, "poolproxy_prepared_statements_total", side="client",
+                        **labels) == 1
+    assert sample_value(text, "poolproxy_prepared_statements_total", side="server",
+                        **labels) == 1
+    # Runs 6 to 10 execute the prepared statement.
+    assert sample_value(text, "poolproxy_prepared_statement_executions_total", **labels) == 5
+    # Its transactions still happen and are counted: the 10 statements and the Parse + Sync.
+    assert sample_value(text, "poolproxy_queries_total", **labels) == 11
+    assert sample_value(text, "poolproxy_transactions_total", **labels) == 11
 
 
 def test_readyz_and_healthz_when_running(pg_proxy_fresh: ProxyProcess) -> None:

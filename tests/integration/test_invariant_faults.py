@@ -190,8 +190,7 @@ def pg_client(proxy: ProxyProcess, ledger: Ledger, idx: int, explicit: bool,
                 try:
                     conn = psycopg.connect(
                         host="127.0.0.1", port=proxy.port("pg"), user="app", password="app-secret",
-                        dbname=DB, autocommit=not explicit, connect_timeout=10,
-                        prepare_threshold=None)
+                        dbname=DB, autocommit=not explicit, connect_timeout=10)
                 except psycopg.Error as exc:
                     ledger.connect_errors[type(exc).__name__] += 1
                     stop.wait(0.1)

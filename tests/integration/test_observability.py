@@ -105,8 +105,6 @@ def pg_connect(proxy: ProxyProcess, listener: str = "pg", user: str = "app",
                password: str | None = None, dbname: str = "app",
                **kwargs: Any) -> psycopg.Connection[Any]:
     kwargs.setdefault("autocommit", True)
-    # psycopg would PREPARE a query run 5 times (a named statement pins the client).
-    kwargs.setdefault("prepare_threshold", None)
     return psycopg.connect(host="127.0.0.1", port=proxy.port(listener), user=user,
                            password=password or f"{user}-secret", dbname=dbname,
                            connect_timeout=5, **kwargs)
@@ -195,10 +193,20 @@ def test_pg_workload_counts_exactly(pg_server: PgServer, proxy_factory: Any) -> 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    xacts = N_XACTS + N_AUTOCOMMIT
-    queries = 4 * N_XACTS + N_AUTOCOMMIT
+    # psycopg at its defaults prepares each of the 3 queries at its 6th run (prepare_threshold
+    # 5) with a Parse + Sync round trip of its own: 3 more queries, and auto_conn's (in
+    # autocommit) a transaction of its own too.
+    threshold = auto_conn.prepare_threshold
+    assert threshold is not None and threshold < N_AUTOCOMMIT < N_XACTS
+    xacts = N_XACTS + N_AUTOCOMMIT + 1
+    queries = 4 * N_XACTS + N_AUTOCOMMIT + 3
     assert delta("poolproxy_transactions_total", **PG_LABELS) == xacts
     assert delta("poolproxy_queries_total", **PG_LABELS) == queries
+    assert delta("poolproxy_prepared_statements_total", side="client", **PG_LABELS) == 3
+    # Each one prepared on a server connection at least once, at most once on each of the 2.
+    assert 3 <= delta("poolproxy_prepared_statements_total", side="server", **PG_LABELS) <= 6
+    assert delta("poolproxy_prepared_statement_executions_total", **PG_LABELS) == \
+        2 * (N_XACTS - threshold) + (N_AUTOCOMMIT - threshold)
     assert delta("poolproxy_transaction_duration_seconds_count", **PG_LABELS) == xacts
     assert delta("poolproxy_transaction_duration_seconds_sum", **PG_LABELS) > 0
     # Every transaction got a server (immediately or after a wait): one wait observation each.
@@ -518,8 +526,7 @@ def test_sighup_under_load_then_broken_file(pg_server: PgServer, proxy_factory: 
 
     async def client(i: int) -> None:
         conn = await asyncpg.connect(host="127.0.0.1", port=port, user="app2",
-                                     password="app2-secret", database="app2",
-                                     statement_cache_size=0, timeout=10)
+                                     password="app2-secret", database="app2", timeout=10)
         try:
             while not phase["stop"]:
                 await go.wait()

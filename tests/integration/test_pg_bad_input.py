@@ -49,7 +49,7 @@ class SteadyClient:
 
     def _run(self) -> None:
         try:
-            conn = psycopg.connect(self.dsn, prepare_threshold=None)
+            conn = psycopg.connect(self.dsn)
         except BaseException as exc:
             self.errors.append(exc)
             return

@@ -134,8 +134,7 @@ def test_asyncpg_timeout_cancels_and_connection_stays_usable(
 ) -> None:
     async def main() -> tuple[float, float]:
         conn = await asyncpg.connect(host="127.0.0.1", port=pg_proxy.port("pg"), user="app",
-                                     password="app-secret", database="app",
-                                     statement_cache_size=0)
+                                     password="app-secret", database="app")
         try:
             started = time.monotonic()
             with pytest.raises(TimeoutError):

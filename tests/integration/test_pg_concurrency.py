@@ -83,7 +83,7 @@ async def _many_clients(port: int) -> tuple[list[BaseException], float]:
     async def client(i: int) -> None:
         conn = await asyncpg.connect(
             host="127.0.0.1", port=port, user="app", password="app-secret", database="app",
-            statement_cache_size=0, timeout=60, command_timeout=60)
+            timeout=60, command_timeout=60)
         try:
             for _ in range(TRANSACTIONS):
                 async with conn.transaction():
@@ -151,7 +151,7 @@ def test_client_leaving_inside_transaction_rolls_back_and_reuses_server(
 ) -> None:
     set_counter(pg_server, 2, 100)
     dsn = proxy_dsn(pg_server, pool1_proxy)
-    conn = psycopg.connect(dsn, prepare_threshold=None)
+    conn = psycopg.connect(dsn)
     conn.execute("BEGIN")  # psycopg would BEGIN anyway; make it explicit
     pid_before = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
     conn.execute("UPDATE pool_counter SET n = n + 1 WHERE id = 2")

@@ -52,9 +52,9 @@ def dsn(proxy: ProxyProcess, *, listener: str = "pg", user: str = "app",
 
 
 def connect(proxy: ProxyProcess, autocommit: bool = True, **kwargs: object) -> psycopg.Connection:
-    """A psycopg connection through the proxy (no named prepared statements)."""
-    return psycopg.connect(dsn(proxy, **kwargs), prepare_threshold=None,  # type: ignore[arg-type]
-                           autocommit=autocommit, connect_timeout=10)
+    """A psycopg connection through the proxy (psycopg at its defaults)."""
+    return psycopg.connect(dsn(proxy, **kwargs), autocommit=autocommit,  # type: ignore[arg-type]
+                           connect_timeout=10)
 
 
 def server_pid(conn: psycopg.Connection) -> int:
@@ -593,7 +593,7 @@ def test_notify_through_the_proxy(proxy: ProxyProcess) -> None:
 async def apg_connect(proxy: ProxyProcess, **kwargs: object) -> asyncpg.Connection:
     return await asyncpg.connect(
         host="127.0.0.1", port=proxy.port("pg"), user="app", password="app-secret",
-        database="app", statement_cache_size=0, timeout=10, **kwargs)
+        database="app", timeout=10, **kwargs)
 
 
 def test_asyncpg_fetch_fetchval_execute(proxy: ProxyProcess) -> None:
@@ -814,14 +814,13 @@ def test_asyncpg_copy_data_sent_before_copy_in_response(proxy: ProxyProcess) -> 
 
 def test_md5_client_auth(proxy: ProxyProcess) -> None:
     conn_dsn = dsn(proxy, listener="md5", user="app_md5", password="md5-secret")
-    with psycopg.connect(conn_dsn, autocommit=True, prepare_threshold=None) as conn:
+    with psycopg.connect(conn_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT current_user, current_database()").fetchone() == (
             "app_md5", "app")
     # asyncpg implements md5 itself (not libpq).
     async def main() -> None:
         conn = await asyncpg.connect(host="127.0.0.1", port=proxy.port("md5"), user="app_md5",
-                                     password="md5-secret", database="app",
-                                     statement_cache_size=0)
+                                     password="md5-secret", database="app")
         try:
             assert await conn.fetchval("SELECT current_user") == "app_md5"
         finally:
@@ -836,11 +835,10 @@ def test_md5_client_auth(proxy: ProxyProcess) -> None:
 
 
 def test_trust_client_auth(proxy: ProxyProcess) -> None:
-    with psycopg.connect(dsn(proxy, listener="trust", password=None), autocommit=True,
-                         prepare_threshold=None) as conn:
+    with psycopg.connect(dsn(proxy, listener="trust", password=None), autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("app",)
     with psycopg.connect(dsn(proxy, listener="trust", user="app_trust", password=None),
-                         autocommit=True, prepare_threshold=None) as conn:
+                         autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("app_trust",)
 
 

@@ -67,17 +67,14 @@ def ensure_db(pg: PgServer, name: str, users: tuple[str, ...] = ("app",)) -> str
 
 def connect(proxy: ProxyProcess, db: str, user: str = "app", password: str | None = None,
             autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
-    # prepare_threshold=None: named prepared statements would pin the client to its server.
     return psycopg.connect(host="127.0.0.1", port=proxy.port("pg"), user=user,
                            password=password or PASSWORDS[user], dbname=db,
-                           autocommit=autocommit, connect_timeout=10, prepare_threshold=None,
-                           **kwargs)
+                           autocommit=autocommit, connect_timeout=10, **kwargs)
 
 
 async def aconnect(proxy: ProxyProcess, db: str, user: str = "app") -> asyncpg.Connection:
     return await asyncpg.connect(host="127.0.0.1", port=proxy.port("pg"), user=user,
-                                 password=PASSWORDS[user], database=db,
-                                 statement_cache_size=0, timeout=15)
+                                 password=PASSWORDS[user], database=db, timeout=15)
 
 
 def backend_pid(conn: psycopg.Connection[Any]) -> int:

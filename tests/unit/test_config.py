@@ -908,6 +908,7 @@ def test_every_defaults_key_overridable_at_every_level() -> None:
         "client_idle_timeout": "8s",
         "idle_transaction_timeout": "9s",
         "shutdown_timeout": "10s",
+        "max_prepared_statements": 11,
     }
     assert set(values) == set(cfg.SETTING_NAMES)
     expected = PoolSettings(
@@ -929,6 +930,7 @@ def test_every_defaults_key_overridable_at_every_level() -> None:
         client_idle_timeout=8.0,
         idle_transaction_timeout=9.0,
         shutdown_timeout=10.0,
+        max_prepared_statements=11,
     )
     for level in ("defaults", "listener", "database", "user"):
         listener = pg()

@@ -553,6 +553,7 @@ def test_snapshot_fields() -> None:
             "max_wait": pytest.approx(2.0),
             "clients": 7,
             "transactions": 1,
+            "prepared_statements": {"distinct": 0, "on_servers": 0},
             "tasks": 1,
             "paused": False,
         }

@@ -100,15 +100,17 @@ def test_error_in_the_middle_skips_the_rest_up_to_sync() -> None:
     assert q.batch_done() is not None and not q
 
 
-def test_plain_messages_of_a_precise_batch_keep_their_place() -> None:
+def test_tracking_a_batch_keeps_the_place_of_the_messages_before() -> None:
+    """Messages sent before the batch needed steps become forwarded steps, in order."""
     q = RequestQueue()
-    q.add_plain(ord("B"))  # not precise yet: nothing recorded
+    q.track([ord("P"), ord("B")])
     q.add_step(ord("P"), SWALLOW)
-    q.add_plain(ord("B"))
+    q.add_forward(ord("B"))
     q.sync()
     head = q.head
-    assert head is not None and head.steps is not None
-    assert [(chr(s.kind), s.action) for s in head.steps] == [("P", SWALLOW), ("B", FORWARD)]
+    assert head is not None and head.steps is not None and q.precise == 1
+    assert [(chr(s.kind), s.action) for s in head.steps] == [
+        ("P", FORWARD), ("B", FORWARD), ("P", SWALLOW), ("B", FORWARD)]
 
 
 def test_copy_in_ignores_the_syncs_sent_during_copy() -> None:

@@ -56,9 +56,8 @@ if ENGINE not in ("postgresql", "mysql"):
 def _database(**overrides: Any) -> dict[str, Any]:
     options: dict[str, Any]
     if ENGINE == "postgresql":
-        # Django 5.x already defaults prepare_threshold to None with psycopg 3; spelled out
-        # because a named prepared statement pins the client to one server (docs/django.md).
-        options = {"prepare_threshold": None, "connect_timeout": 10}
+        # prepare_threshold is Django's own default (None with psycopg 3); the prep alias sets it.
+        options = {"connect_timeout": 10}
     else:
         options = {"charset": "utf8mb4", "isolation_level": "read committed",
                    "connect_timeout": 10}
