@@ -114,12 +114,13 @@ class ServerSession(asyncio.Protocol):
                           self.state, CloseReason.SERVER_CLOSED)
 
     # ------------------------------------------------------------------ what the client sends
-    def forward(self, data: bytes) -> None:
-        """Send client bytes (recorded for the at-most-once rule until they are answered)."""
+    def forward(self, data: bytes, record: bytes | None = None) -> None:
+        """Send client bytes (recorded for the at-most-once rule until they are answered;
+        `record`: what the client sent, if poolproxy rewrote it into `data`)."""
         sent = self.sent
         if sent is not None:
             if len(sent) < 64:
-                sent.append(data)
+                sent.append(data if record is None else record)
             else:
                 self.sent = None  # too much to keep: its outcome cannot be judged
         self.pool.stats.bytes_in += len(data)

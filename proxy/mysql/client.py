@@ -14,9 +14,29 @@ from typing import Any
 from ..core.effects import Effect, may_have_committed
 from ..core.reasons import ClientResult, DisconnectReason, LossOutcome
 from ..errors import FeatureNotSupported, ProtocolViolation, ProxyError, ServerConnectionLost
-from ..pool import C_LOGIN, C_WAITING
+from ..pool import C_ACTIVE, C_LOGIN, C_WAITING, S_CLOSED, CloseReason
 from . import codec
 from .login import MAX_CLIENT_PACKET, ClientLogin
+from .prepared import (
+    CURSOR_TYPE_MASK,
+    ER_MAX_PREPARED_STMT_COUNT_REACHED,
+    ER_NET_PACKET_TOO_LARGE,
+    ER_STMT_HAS_NO_OPEN_CURSOR,
+    LAST_PREPARED,
+    MAX_CLIENT_STATEMENTS,
+    ClientStatement,
+    ClientStatements,
+    ServerStatements,
+    Statement,
+    execute_types,
+    prepare_response,
+    split_packets,
+    statement_id,
+    statement_registry,
+    supply_types,
+    unknown_statement,
+    with_id,
+)
 from .retry import autocommit_set, command_effects
 from .server import ServerConnection
 from .session import Analysis, PinReason, replay_sql, session_effects
@@ -31,6 +51,17 @@ _UNSUPPORTED = frozenset((codec.COM_CHANGE_USER, codec.COM_BINLOG_DUMP, codec.CO
                           codec.COM_MULTI, codec.COM_CONNECT_OUT, codec.COM_DAEMON))
 _NO_RESPONSE = frozenset(cmd for cmd in range(256)
                          if codec.response_mode_for_command(cmd) is codec.ResponseMode.NO_RESPONSE)
+_STMT_COMMANDS = frozenset((codec.COM_STMT_PREPARE, codec.COM_STMT_EXECUTE,
+                            codec.COM_STMT_BULK_EXECUTE, codec.COM_STMT_SEND_LONG_DATA,
+                            codec.COM_STMT_CLOSE, codec.COM_STMT_RESET, codec.COM_STMT_FETCH))
+#: What travels to the server with a statement id to rewrite.
+_STMT_SENDS = _STMT_COMMANDS - {codec.COM_STMT_SEND_LONG_DATA, codec.COM_STMT_CLOSE}
+_LOCAL = -1  # a `_buffer`/`_stalled` entry that is an answer of poolproxy's own
+_WHERE = {codec.COM_STMT_EXECUTE: "mysqld_stmt_execute", codec.COM_STMT_FETCH: "mysqld_stmt_fetch",
+          codec.COM_STMT_RESET: "mysqld_stmt_reset",
+          codec.COM_STMT_BULK_EXECUTE: "mysqld_stmt_bulk_execute"}
+_CURSOR_EXISTS = codec.SERVER_STATUS_CURSOR_EXISTS
+_LAST_ROW_SENT = codec.SERVER_STATUS_LAST_ROW_SENT
 
 
 class ClientConnection(ClientLogin):
@@ -50,6 +81,20 @@ class ClientConnection(ClientLogin):
         self._lost_wrote = False  # a write was in flight inside the lost transaction
         self._lost_in_tx = False  # the lost server had a transaction open
         self._lost_words: codec.ErrPacket | None = None
+        #: Prepared statements, shared through the pool (None: pinned the old way).
+        self.statements: ClientStatements | None = None
+        #: Commands held back while poolproxy prepares a statement on the server first.
+        self._stalled: list[tuple[int, bytes]] | None = None
+        self._preparing = 0  # the client's own COM_STMT_PREPAREs on their way to the server
+        self._executing: ClientStatement | None = None  # the execute or fetch in flight
+        self._cursors = 0  # statements with a cursor open on this client's server
+
+    def _logged_in(self) -> None:
+        super()._logged_in()
+        pool = self.pool
+        if pool is not None and pool.settings.max_prepared_statements > 0 \
+                and not self.session_mode:
+            self.statements = ClientStatements(statement_registry(pool))
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def data_received(self, data: bytes) -> None:
@@ -104,7 +149,11 @@ class ClientConnection(ClientLogin):
                     self._pin(effects.pin)
                 if effects.sets or effects.use:
                     self._analysis = effects
-        data = raw if raw is not None else codec.encode_packet(seq, payload)
+        self._dispatch(cmd, raw if raw is not None else codec.encode_packet(seq, payload))
+
+    def _dispatch(self, cmd: int, data: bytes) -> None:
+        """Send a command to the client's server, or get one first."""
+        server = self.server
         if server is not None:
             self._send(server, cmd, data)
             return
@@ -140,7 +189,10 @@ class ClientConnection(ClientLogin):
             self.fail(FeatureNotSupported(f"command 0x{cmd:02x} is not supported through poolproxy"),
                       fatal=False, seq=seq + 1)
             return True
-        if cmd == codec.COM_RESET_CONNECTION and server is None and self.pinned is None:
+        if cmd == codec.COM_RESET_CONNECTION and server is None and self.pinned is None \
+                and not self._cursors and self._stalled is None:
+            if self.statements is not None:
+                self.statements.clear()
             self.vars = {}
             self.schema = self.database
             self.send(codec.encode_packet(
@@ -148,6 +200,8 @@ class ClientConnection(ClientLogin):
             return True
         if cmd == codec.COM_INIT_DB:
             self._init_db = payload[1:].decode("utf-8", "replace")
+        elif cmd in _STMT_COMMANDS and self.statements is not None:
+            return self._statement_command(seq, cmd, payload)
         elif cmd == codec.COM_STMT_PREPARE:
             self._pin(PinReason.STMT_PREPARE)
         elif cmd == codec.COM_SET_OPTION:
@@ -157,9 +211,244 @@ class ClientConnection(ClientLogin):
         return False
 
     def _send(self, server: ServerConnection, cmd: int, data: bytes) -> None:
+        if self._stalled is not None:
+            self._stalled.append((cmd, data))
+            return
+        if cmd in _STMT_SENDS and self.statements is not None:
+            try:
+                self._send_statement(server, cmd, data)
+            except codec.ProtocolError as exc:
+                self._answer_local(codec.encode_packet(1, codec.build_err(
+                    1210, "HY000", f"Incorrect arguments to {_WHERE.get(cmd, 'mysqld_stmt')}: {exc}")))
+            return
         if cmd not in _NO_RESPONSE:
             self.pending = 1
         server.send_command(cmd, data)
+
+    # ------------------------------------------------------------------ prepared statements
+    def _statement_command(self, seq: int, cmd: int, payload: bytes) -> bool:
+        """COM_STMT_* with statements shared through the pool: answered here (a known
+        statement's PREPARE, RESET, CLOSE, SEND_LONG_DATA, errors) or sent on with the
+        server's statement id (`_send_statement`). Always True: nothing more to do."""
+        stmts = self.statements
+        assert stmts is not None
+        if cmd == codec.COM_STMT_PREPARE:
+            return self._prepare(seq, payload, stmts)
+        try:
+            stmt_id = statement_id(payload)
+        except codec.ProtocolError as exc:
+            self.fail(ProtocolViolation(f"invalid statement command: {exc}", mysql_errno=1835),
+                      fatal=False, seq=seq + 1)
+            return True
+        if stmt_id == LAST_PREPARED and self._preparing:
+            self._dispatch(cmd, codec.encode_packet(seq, payload))  # the server knows it
+            return True
+        entry = stmts.get(stmt_id)
+        if cmd == codec.COM_STMT_CLOSE:  # no reply, even for an unknown id
+            if entry is not None:
+                stmts.close(stmt_id)
+                if entry.cursor:
+                    self._cursor_closed(entry, close=True)
+            return True
+        if entry is None:
+            if cmd != codec.COM_STMT_SEND_LONG_DATA:  # the server reports those at execute
+                self._answer_local(unknown_statement(stmt_id, _WHERE.get(cmd, "mysqld_stmt")))
+            return True
+        if cmd == codec.COM_STMT_SEND_LONG_DATA:
+            entry.add_long_data(payload)
+            return True
+        if cmd == codec.COM_STMT_RESET and not entry.cursor:
+            entry.reset_long_data()
+            server = self.server
+            status = server.status if server is not None else _AUTOCOMMIT
+            self._answer_local(codec.encode_packet(
+                1, codec.build_ok(status_flags=status, capabilities=self.caps)))
+            return True
+        if cmd == codec.COM_STMT_FETCH and not (entry.cursor and self.server is not None):
+            self._answer_local(codec.encode_packet(1, codec.build_err(
+                ER_STMT_HAS_NO_OPEN_CURSOR, "HY000",
+                f"The statement ({stmt_id}) has no open cursor")))
+            return True
+        if cmd == codec.COM_STMT_EXECUTE or cmd == codec.COM_STMT_BULK_EXECUTE:
+            if entry.long_size < 0:
+                entry.reset_long_data()
+                self._answer_local(codec.encode_packet(1, codec.build_err(
+                    ER_NET_PACKET_TOO_LARGE, "08S01",
+                    f"COM_STMT_SEND_LONG_DATA for statement {stmt_id} exceeded poolproxy's "
+                    f"limit of {(64 << 20) >> 20} MiB; the statement was not executed")))
+                return True
+            pool = self.pool
+            assert pool is not None
+            pool.stats.binds += 1
+        self._dispatch(cmd, codec.encode_packet(seq, payload))
+        return True
+
+    def _prepare(self, seq: int, payload: bytes, stmts: ClientStatements) -> bool:
+        pool = self.pool
+        assert pool is not None
+        pool.stats.client_parses += 1
+        if len(stmts) >= MAX_CLIENT_STATEMENTS:
+            self._answer_local(codec.encode_packet(seq + 1, codec.build_err(
+                ER_MAX_PREPARED_STMT_COUNT_REACHED, "42000",
+                f"Can't create more than max_prepared_stmt_count statements (current value: "
+                f"{MAX_CLIENT_STATEMENTS}): poolproxy's limit per client connection")))
+            return True
+        stmt = stmts.registry.get((self.schema or "", payload[1:]))
+        server = self.server
+        if stmt is not None:
+            stmt_id = stmts.add(stmt)
+            status = server.status if server is not None else _AUTOCOMMIT
+            self._answer_local(prepare_response(stmt, stmt_id, status))
+            return True
+        self._preparing += 1
+        self._dispatch(codec.COM_STMT_PREPARE, codec.encode_packet(seq, payload))
+        return True
+
+    def _answer_local(self, reply: bytes) -> None:
+        """An answer of poolproxy's own, in order after what the client sent before."""
+        if self._stalled is not None:
+            self._stalled.append((_LOCAL, reply))
+        elif self.server is not None:
+            self.server.synthesize(self, reply)
+        elif self.state is C_WAITING:
+            self._buffer.append((_LOCAL, reply))
+        else:
+            self.send(reply)
+
+    def _send_statement(self, server: ServerConnection, cmd: int, data: bytes) -> None:
+        """A COM_STMT_* command goes to `server` with the server's own statement id, after
+        preparing the statement there if it is missing."""
+        stmts = self.statements
+        assert stmts is not None
+        payload = data[4:] if len(data) < codec.MAX_PAYLOAD else codec.PacketReader().feed(data)[0][1]
+        statements = server.statements
+        if statements is None:
+            pool = self.pool
+            assert pool is not None
+            statements = server.statements = ServerStatements(
+                stmts.registry, pool.settings.max_prepared_statements)
+        if cmd == codec.COM_STMT_PREPARE:
+            self.pending = 1
+            key = (self.schema or "", payload[1:])
+            server.send_tracked(cmd, data, lambda ok: self._prepared(server, key, ok))
+            return
+        stmt_id = statement_id(payload)
+        if stmt_id == LAST_PREPARED and self._preparing:
+            self.pending = 1
+            server.send_command(cmd, data)
+            return
+        entry = stmts.get(stmt_id)
+        if entry is None:  # closed while the command waited for a server
+            self._answer_local(unknown_statement(stmt_id, _WHERE.get(cmd, "mysqld_stmt")))
+            return
+        stmt = entry.stmt
+        on_server = statements.get(stmt)
+        self.pending = 1
+        if on_server is None:
+            # Prepare it here first (in the statement's own schema); the command waits.
+            self._stalled = [(cmd, data)]
+            other = server.schema or ""
+            if stmt.schema != other and stmt.schema:
+                server.send_internal(codec.COM_INIT_DB, bytes((codec.COM_INIT_DB,))
+                                     + stmt.schema.encode())
+            server.send_internal(codec.COM_STMT_PREPARE, bytes((codec.COM_STMT_PREPARE,)) + stmt.sql,
+                                 lambda ok: self._prepared_for(server, stmt, ok))
+            if stmt.schema != other and stmt.schema and other:
+                server.send_internal(codec.COM_INIT_DB, bytes((codec.COM_INIT_DB,)) + other.encode())
+            return
+        out = with_id(payload, on_server.id)
+        if cmd == codec.COM_STMT_EXECUTE:
+            flag, types = execute_types(payload, stmt.params)
+            if types is not None:
+                entry.types = on_server.types = types
+            elif flag >= 0 and entry.types is not None and on_server.types != entry.types:
+                out = supply_types(out, flag, entry.types)  # this server never saw them
+                on_server.types = entry.types
+            for chunk in entry.long_data:
+                server.write(codec.encode_packet(0, with_id(chunk, on_server.id)))
+            self._executing = entry if (entry.long_data or payload[5] & CURSOR_TYPE_MASK) else None
+        elif cmd == codec.COM_STMT_BULK_EXECUTE:
+            self._executing = entry if entry.long_data else None
+            for chunk in entry.long_data:
+                server.write(codec.encode_packet(0, with_id(chunk, on_server.id)))
+        else:  # FETCH, or RESET of a statement with a cursor open
+            self._executing = entry
+        server.send_command(cmd, codec.encode_packet(data[3], out), record=data)
+
+    def _prepared(self, server: ServerConnection, key: tuple[str, bytes], ok: bool) -> None:
+        """The server answered the client's own COM_STMT_PREPARE (captured)."""
+        self._preparing -= 1
+        if server.state is S_CLOSED or self.server is not server:
+            return  # lost: the loss is handled on its own
+        reply = server.captured
+        if ok:
+            stmts = self.statements
+            statements = server.statements
+            assert stmts is not None and statements is not None
+            try:
+                packets = split_packets(reply)
+                server_id = statement_id(packets[0])
+            except (codec.ProtocolError, IndexError):
+                log.error("%r: invalid COM_STMT_PREPARE response from %r", self, server)
+                server.close(CloseReason.SERVER_PROTOCOL_ERROR)
+                return
+            stmt = stmts.registry.add(key, packets)
+            self._on_server(server, stmt, server_id)
+            stmt_id = stmts.add(stmt)
+            reply = reply[:5] + stmt_id.to_bytes(4, "little") + reply[9:]
+        self.send(reply)
+        self.on_response_end(server.status, ok)
+
+    def _prepared_for(self, server: ServerConnection, stmt: Statement, ok: bool) -> None:
+        """The statement the stalled command needs was prepared on `server` (or failed)."""
+        if server.state is S_CLOSED or self.server is not server:
+            return  # lost: `_loss_outcome` replays or reports the stalled commands
+        stalled, self._stalled = self._stalled, None
+        assert stalled is not None
+        if ok:
+            try:
+                server_id = statement_id(split_packets(server.captured)[0])
+            except (codec.ProtocolError, IndexError):
+                log.error("%r: invalid COM_STMT_PREPARE response from %r", self, server)
+                server.close(CloseReason.SERVER_PROTOCOL_ERROR)
+                return
+            self._on_server(server, stmt, server_id)
+        else:
+            # The statement no longer prepares (a table dropped, ...): the server's error
+            # answers the client's command, as a direct server's would have.
+            stalled.pop(0)
+            self.send(server.captured)
+            if not server.requests:
+                self.on_response_end(server.status, False)
+        for cmd, data in stalled:
+            if cmd == _LOCAL:
+                self._answer_local(data)
+            else:
+                self._dispatch(cmd, data)
+
+    def _on_server(self, server: ServerConnection, stmt: Statement, server_id: int) -> None:
+        statements = server.statements
+        assert statements is not None
+        pool = self.pool
+        assert pool is not None
+        pool.stats.server_parses += 1
+        server.close_statements(statements.add(stmt, server_id))
+
+    def _cursor_closed(self, entry: ClientStatement, close: bool = False) -> None:
+        """The client's cursor on `entry` is gone; with `close` the client closed the
+        statement, so the server's copy (and its cursor) is closed too."""
+        entry.cursor = False
+        self._cursors -= 1
+        server = self.server
+        if close and server is not None and server.statements is not None:
+            server_id = server.statements.drop(entry.stmt)
+            if server_id is not None:
+                server.close_statements([server_id])
+        if not self._cursors and server is not None and not self.pending and not server.requests:
+            self._answered(server.in_transaction())
+
+    def prepared_count(self) -> int:
+        return 0 if self.statements is None else len(self.statements)
 
     def _pin(self, reason: PinReason) -> None:
         if self.pinned is None:
@@ -229,7 +518,12 @@ class ClientConnection(ClientLogin):
 
     def _send_buffered(self, server: ServerConnection, buffered: list[tuple[int, bytes]]) -> None:
         for cmd, data in buffered:
-            self._send(server, cmd, data)
+            if cmd == _LOCAL:
+                self._answer_local(data)
+            elif self.server is server:
+                self._send(server, cmd, data)
+            else:
+                self._dispatch(cmd, data)
 
     # ------------------------------------------------------------------ server events
     def on_response_end(self, status: int | None, ok: bool) -> None:
@@ -239,13 +533,25 @@ class ClientConnection(ClientLogin):
         assert server is not None
         if self._analysis is not None or self._init_db is not None or self._resetting:
             self._apply_effects(server, ok)
+        entry = self._executing
+        if entry is not None:
+            self._executing = None
+            entry.reset_long_data()
+            if status is not None:
+                if status & _CURSOR_EXISTS and not status & _LAST_ROW_SENT:
+                    if not entry.cursor:
+                        entry.cursor = True
+                        self._cursors += 1
+                elif entry.cursor:
+                    entry.cursor = False
+                    self._cursors -= 1
         self._answered(server.in_transaction())
 
     def on_infile(self) -> None:
         self.infile = True
 
     def _holds_server(self) -> bool:
-        return self.infile
+        return self.infile or self._cursors > 0 or self._stalled is not None
 
     def _apply_effects(self, server: ServerConnection, ok: bool) -> None:
         """What the finished command changed in the session, if it succeeded."""
@@ -271,6 +577,8 @@ class ClientConnection(ClientLogin):
                 self.vars = {}
                 self.pinned = None
                 server.vars = {"names": "NAMES DEFAULT"}
+                if self.statements is not None:
+                    self.statements.clear()
 
     # ------------------------------------------------------------------ loss
     def server_lost(self, server: ServerConnection) -> None:
@@ -283,7 +591,28 @@ class ClientConnection(ClientLogin):
                 self._autocommit_off = not wanted
             self._lost_wrote = Effect.WRITE in command_effects(sent)
         self.infile = False
+        self._preparing = 0
+        self._executing = None
+        if self._cursors and self.statements is not None:
+            for entry in self.statements.by_id.values():
+                entry.cursor = False
+            self._cursors = 0
         super().server_lost(server)
+
+    def _loss_outcome(self, server: ServerConnection) -> tuple[LossOutcome, list[Any]]:
+        stalled = self._stalled
+        if stalled is None:
+            return super()._loss_outcome(server)
+        # Lost while preparing a statement for the client's command: that command never
+        # left; what went before it decides as usual.
+        self._stalled = None
+        held = [data for cmd, data in stalled if cmd != _LOCAL]
+        outcome, inflight = super()._loss_outcome(server)
+        if outcome is LossOutcome.REPLAY or (not inflight and self.state is C_ACTIVE
+                                              and not server.in_transaction()
+                                              and self._may_retry()):
+            return LossOutcome.REPLAY, [*inflight, *held]
+        return outcome, inflight
 
     def _inflight_size(self, inflight: list[bytes]) -> int:
         return sum(len(packet) for packet in inflight)
@@ -333,4 +662,10 @@ class ClientConnection(ClientLogin):
 
     # ------------------------------------------------------------------ leaving
     def _left_clean(self, server: ServerConnection) -> bool:
-        return not (self.pending or self.infile or server.requests)
+        return not (self.pending or self.infile or server.requests or self._cursors
+                    or self._stalled is not None)
+
+    def _disconnect(self) -> None:
+        super()._disconnect()
+        if self.statements is not None:
+            self.statements.clear()

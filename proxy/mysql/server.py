@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from ..auth import caching_sha2, mysql_native
-from ..core.requests import PLAIN_BATCH
+from ..core.requests import FORWARD, PLAIN_BATCH, SWALLOW, SYNTHESIZE, Batch, Done, Step
 from ..core.server import ServerSession, connect_and_login
 from ..core.session import ClientSession
 from ..errors import ServerConnectionLost, ServerLoginError
-from ..pool import CloseReason, Pool
+from ..pool import S_CLOSED, CloseReason, Pool
 from . import codec
 from .codec import ResponseMode, ResponseTracker
+from .prepared import ServerStatements, close_packet
 
 log = logging.getLogger("poolproxy.mysql.server")
 
@@ -74,6 +76,11 @@ class ServerConnection(ServerSession):
         #: The ERR the server sent as it went away (its own reason), if any.
         self.last_words: codec.ErrPacket | None = None
         self._reader: codec.PacketReader | None = codec.PacketReader()
+        #: Prepared statements shared through the pool's registry (None: not multiplexed).
+        self.statements: ServerStatements | None = None
+        #: The response captured for a tracked request's callback (see `send_tracked`).
+        self.captured = b""
+        self._capture: list[bytes] = []
 
     def __repr__(self) -> str:
         return f"<mysql server {self.pool.database}/{self.user} id={self.thread_id} {self.state.value}>"
@@ -84,6 +91,9 @@ class ServerConnection(ServerSession):
         client = self.client
         if client is None:
             self._unlinked_data(data)
+            return
+        if self.requests.precise:
+            self._precise_data(client, data)
             return
         tracker = self.tracker
         if tracker is None:
@@ -98,19 +108,9 @@ class ServerConnection(ServerSession):
                     self._response_end(client, status, True)
                     return
             tracker = self._arm()
-        if data[4:5] == b"\xff" and len(data) >= 7 and (not self.replied or not self.requests):
-            errno = data[5] | data[6] << 8
-            if errno in _GOING_AWAY:
-                # Killed, timed out or shutting down, before any reply reached the client (or
-                # unsolicited): not the client's answer. Treat the server as lost instead.
-                log.info("%r: server is going away (ERR %d)", self, errno)
-                try:
-                    self.last_words = codec.parse_err(
-                        data[4:4 + (data[0] | data[1] << 8 | data[2] << 16)], self.caps)
-                except (codec.ProtocolError, IndexError, ValueError):
-                    pass
-                self.lost_now(gone_first=not self.replied and errno in _DID_NOT_RUN)
-                return
+        if data[4:5] == b"\xff" and len(data) >= 7 and (not self.replied or not self.requests) \
+                and self._going_away(data):
+            return
         try:
             done = tracker.feed_data(data)
         except codec.ProtocolError as exc:
@@ -124,6 +124,147 @@ class ServerConnection(ServerSession):
             self._response_end(client, tracker.status_flags, not tracker.failed)
         elif tracker.waiting_for_client:
             client.on_infile()
+
+    def _going_away(self, data: bytes) -> bool:
+        """`data` starts with an ERR: if it says the server is going away (killed, timed out or
+        shutting down) before any reply reached the client (or unsolicited), it is not the
+        client's answer: the server is treated as lost instead."""
+        errno = data[5] | data[6] << 8
+        if errno not in _GOING_AWAY:
+            return False
+        log.info("%r: server is going away (ERR %d)", self, errno)
+        try:
+            self.last_words = codec.parse_err(
+                data[4:4 + (data[0] | data[1] << 8 | data[2] << 16)], self.caps)
+        except (codec.ProtocolError, IndexError, ValueError):
+            pass
+        self.lost_now(gone_first=not self.replied and errno in _DID_NOT_RUN)
+        return True
+
+    def _precise_data(self, client: ClientSession[Any], data: bytes) -> None:
+        """Responses to requests poolproxy handles one by one (prepared statements): each is
+        forwarded, swallowed, captured for a callback, or synthesized in the order the requests
+        went out; a chunk may hold the end of one response and the start of the next."""
+        requests = self.requests
+        pos = 0
+        end = len(data)
+        self.pool.stats.bytes_out += end
+        while pos < end:
+            self._synthesize_due(client)
+            if not requests:
+                log.error("%r: server sent data nobody asked for", self)
+                self.close(CloseReason.SERVER_PROTOCOL_ERROR)
+                return
+            batch = requests[0]
+            step = batch.steps[0] if batch.steps else None
+            tracker = self.tracker
+            if tracker is None or tracker.done:
+                if data[pos + 4:pos + 5] == b"\xff" and end - pos >= 7 \
+                        and (not self.replied or step is None or step.action is SWALLOW) \
+                        and self._going_away(data[pos:]):
+                    return
+                tracker = self._arm(self._command if step is None else step.kind)
+                self._capture = []
+            piece = data[pos:] if pos else data
+            try:
+                done = tracker.feed_data(piece)
+            except codec.ProtocolError as exc:
+                log.error("%r: server sent an invalid response: %s", self, exc)
+                self.close(CloseReason.SERVER_PROTOCOL_ERROR)
+                return
+            if done and tracker.consumed < len(piece):
+                piece = piece[:tracker.consumed]
+            pos += len(piece)
+            if step is None or (step.on_done is None and step.action is FORWARD):
+                self.replied = True
+                self.outbox.write(client.transport, piece)
+            elif step.on_done is not None:
+                self._capture.append(piece)
+            if not done:
+                if tracker.waiting_for_client and step is None:
+                    client.on_infile()
+                return
+            self.tracker = None
+            self.pool.stats.queries += 1
+            status = tracker.status_flags
+            if status is not None:
+                self.status = status
+            ok = not tracker.failed
+            requests.popleft()
+            if step is not None:
+                requests.precise -= 1
+            if not any(b.action is not SYNTHESIZE for b in requests):
+                self.sent = []  # every request that went out is answered
+                self.replied = False
+                self.answered = True
+            callback = step.on_done if step is not None else None
+            if callback is not None:
+                # It answers the client (or sends the command that waited for it).
+                self.captured = b"".join(self._capture)
+                self._capture = []
+                callback(ok)
+                if self.client is not client:
+                    return
+            emitted = self._synthesize_due(client)
+            if callback is None:
+                if step is None or step.action is FORWARD or emitted or not requests:
+                    client.on_response_end(status, ok)
+            elif emitted and not requests:
+                client.on_response_end(self.status, True)
+            if self.client is not client or self.state is S_CLOSED:
+                if pos < end and self.state is not S_CLOSED:
+                    log.error("%r: server sent data nobody asked for", self)
+                    self.close(CloseReason.SERVER_PROTOCOL_ERROR)
+                return
+        self._synthesize_due(client)
+
+    def _synthesize_due(self, client: ClientSession[Any]) -> bool:
+        """Send the answers poolproxy owes next (nothing from the server comes before them)."""
+        requests = self.requests
+        emitted = False
+        while requests and requests[0].action is SYNTHESIZE:
+            batch = requests.popleft()
+            requests.precise -= 1
+            client.send(batch.extra)
+            emitted = True
+        return emitted
+
+    def _tracked(self, command: int, action: Any, on_done: Done | None) -> None:
+        batch = Batch(action, True)
+        batch.steps = deque((Step(command, action, b"", on_done),))
+        self.requests.append(batch)
+        self.requests.precise += 1
+
+    def send_tracked(self, command: int, data: bytes, on_done: Done | None,
+                     record: bytes | None = None) -> None:
+        """Send the client's `command` whose response poolproxy reads first: captured into
+        `captured` for `on_done` (which answers the client) instead of forwarded."""
+        if not self.requests:
+            self.tracker = None
+        self._tracked(command, FORWARD, on_done)
+        self.forward(data, record)
+
+    def send_internal(self, command: int, payload: bytes, on_done: Done | None = None) -> None:
+        """A command of poolproxy's own in the client's stream (a statement prepared before
+        the client's execute, a schema switch around it): its response is swallowed, or
+        captured for `on_done`."""
+        self._tracked(command, SWALLOW, on_done)
+        self.write(codec.encode_packet(0, payload))
+
+    def synthesize(self, client: ClientSession[Any], reply: bytes) -> None:
+        """An answer poolproxy gives in the server's place: sent once every response owed
+        before it has been sent."""
+        if not self.requests:
+            client.send(reply)
+            return
+        batch = Batch(SYNTHESIZE, True)
+        batch.extra = reply
+        self.requests.append(batch)
+        self.requests.precise += 1
+
+    def close_statements(self, server_ids: list[int]) -> None:
+        for server_id in server_ids:
+            self.write(close_packet(server_id))
 
     def _response_end(self, client: ClientSession[Any], status: int | None, ok: bool) -> None:
         self.pool.stats.queries += 1
@@ -144,14 +285,21 @@ class ServerConnection(ServerSession):
     def _frame(self, data: bytes) -> list[tuple[int, bytes]] | None:
         return None if self._reader is None else self._reader.feed(data)
 
-    def send_command(self, command: int, data: bytes) -> None:
-        """The client sends `command` (whole packet `data`): its response is tracked from its
-        first byte on."""
-        self._command = command
-        self.tracker = None
-        if command not in _NO_RESPONSE:
-            self.requests.append(PLAIN_BATCH)  # one response per command
-        self.forward(data)
+    def send_command(self, command: int, data: bytes, record: bytes | None = None) -> None:
+        """The client sends `command` (whole packet `data`; `record`: the client's own packet
+        if poolproxy rewrote it): its response is tracked from its first byte on."""
+        requests = self.requests
+        if requests.precise:
+            if command not in _NO_RESPONSE:
+                self._tracked(command, FORWARD, None)
+        else:
+            self._command = command
+            self.tracker = None
+            if command not in _NO_RESPONSE:
+                requests.append(PLAIN_BATCH)  # one response per command
+        if command == codec.COM_RESET_CONNECTION and self.statements is not None:
+            self.statements.clear()  # the server deallocates them all
+        self.forward(data, record)
 
     def forward_infile(self, packets: list[tuple[int, bytes]]) -> bool:
         """The client's LOCAL INFILE packets; True when its last (empty) packet went out."""
@@ -176,14 +324,17 @@ class ServerConnection(ServerSession):
             if err is not None:
                 raise ServerConnectionLost(f"COM_RESET_CONNECTION failed: {err.message}")
             self.vars = {"names": "NAMES DEFAULT"}
+            if self.statements is not None:
+                self.statements.clear()
         elif self.in_transaction():
             await self.run_sql("ROLLBACK")
             if not self.status & codec.SERVER_STATUS_AUTOCOMMIT:
                 await self.run_sql("SET autocommit=1")
 
-    def _arm(self) -> ResponseTracker:
+    def _arm(self, command: int | None = None) -> ResponseTracker:
         """Start the (reused) tracker for the response to the current command."""
-        mode = codec.response_mode_for_command(self._command) or ResponseMode.SINGLE
+        mode = codec.response_mode_for_command(
+            self._command if command is None else command) or ResponseMode.SINGLE
         tracker = self._tracker
         if tracker is None:
             tracker = self._tracker = ResponseTracker(self.caps, mode)
@@ -317,6 +468,13 @@ class ServerConnection(ServerSession):
         err, _ = await self.command(codec.COM_QUERY, sql)
         if err is not None:
             raise ServerConnectionLost(f"{sql[:60]!r} failed on the server: {err.message}")
+
+    def _closed(self) -> None:
+        if self.statements is not None:
+            self.statements.clear()
+
+    def prepared_count(self) -> int:
+        return 0 if self.statements is None else len(self.statements)
 
     @property
     def is_mariadb(self) -> bool:
