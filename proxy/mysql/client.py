@@ -73,6 +73,8 @@ class ClientConnection(ClientLogin):
         super().__init__(listener)
         self.vars: dict[str, str] = {}
         self.infile = False
+        #: The session wants autocommit off (as its last response said): between transactions
+        #: its server may still go back to the pool, and the next one gets `autocommit = 0`.
         self._autocommit_off = False
         self._analysis: Analysis | None = None
         self._init_db: str | None = None
@@ -193,6 +195,7 @@ class ClientConnection(ClientLogin):
                 and not self._cursors and self._stalled is None:
             if self.statements is not None:
                 self.statements.clear()
+            self._autocommit_off = False
             self.vars = {}
             self.schema = self.database
             self.send(codec.encode_packet(
@@ -445,7 +448,7 @@ class ClientConnection(ClientLogin):
             if server_id is not None:
                 server.close_statements([server_id])
         if not self._cursors and server is not None and not self.pending and not server.requests:
-            self._answered(server.in_transaction())
+            self._answered(bool(server.status & _IN_TRANS))
 
     def prepared_count(self) -> int:
         return 0 if self.statements is None else len(self.statements)
@@ -473,7 +476,7 @@ class ClientConnection(ClientLogin):
         server: ServerConnection | None = pool.checkout(self)
         if server is None:
             return None
-        if self._autocommit_off or self.vars or server.vars or (
+        if self._autocommit_off is bool(server.status & _AUTOCOMMIT) or self.vars or server.vars or (
                 self.schema and self.schema != server.schema):
             self._prepare_server(server)
             return None
@@ -484,11 +487,11 @@ class ClientConnection(ClientLogin):
         """Replay this client's session variables and schema on `server` before its command."""
         sql = replay_sql(self.vars, server.vars, server.names_default) \
             if (self.vars or server.vars) else None
-        if self._autocommit_off:
-            # The client's previous server died while it had autocommit off: its session
-            # expects autocommit off, so the new server gets it too.
-            self._autocommit_off = False
-            sql = f"{sql}, autocommit = 0" if sql else "SET autocommit = 0"
+        if self._autocommit_off is bool(server.status & _AUTOCOMMIT):
+            # The session's autocommit differs from the server's (the client turned it off,
+            # or the server's last client did).
+            value = "0" if self._autocommit_off else "1"
+            sql = f"{sql}, autocommit = {value}" if sql else f"SET autocommit = {value}"
         if sql is not None or (self.schema and self.schema != server.schema):
             self.listener.spawn(self._replay_then_attach(server, sql))
             return
@@ -533,6 +536,8 @@ class ClientConnection(ClientLogin):
         assert server is not None
         if self._analysis is not None or self._init_db is not None or self._resetting:
             self._apply_effects(server, ok)
+        if status is not None:
+            self._autocommit_off = not status & _AUTOCOMMIT
         entry = self._executing
         if entry is not None:
             self._executing = None
@@ -545,7 +550,9 @@ class ClientConnection(ClientLogin):
                 elif entry.cursor:
                     entry.cursor = False
                     self._cursors -= 1
-        self._answered(server.in_transaction())
+        # A transaction is open while the server says so: with autocommit off, between
+        # COMMIT and the next statement there is none, and the server may go back to the pool.
+        self._answered(bool(server.status & _IN_TRANS))
 
     def on_infile(self) -> None:
         self.infile = True

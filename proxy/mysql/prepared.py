@@ -236,7 +236,7 @@ class ClientStatements:
         return self._next
 
     def close(self, stmt_id: int) -> ClientStatement | None:
-        entry = self.by_id.pop(stmt_id, None)
+        entry = self.by_id.pop(self.last if stmt_id == LAST_PREPARED else stmt_id, None)
         if entry is not None:
             self.registry.release(entry.stmt)
         return entry

@@ -277,9 +277,10 @@ def run_sysbench(
 ) -> RunResult:
     """One sysbench run; the proxy's and mariadbd's CPU use is read from /proc around it."""
     socket = str(server.socket_path) if target == "direct-unix" else None
+    name, _, ps_mode = test.partition("@")
     cmd = [
-        sysbench, test, *sysbench_common(port, APP_USER, APP_PASSWORD, socket),
-        "--db-ps-mode=disable",
+        sysbench, name, *sysbench_common(port, APP_USER, APP_PASSWORD, socket),
+        f"--db-ps-mode={ps_mode or 'disable'}",
         f"--threads={threads}", f"--time={duration}", "--events=0", "--percentile=95",
         "--report-interval=0", *extra, "run",
     ]
@@ -430,6 +431,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "forwarder without pooling, the floor for a Python proxy; *-unix ="
                              " the hop to MariaDB over its Unix socket (sysbench itself, or the"
                              " proxy's server connections) (ignored with --metrics-cost)")
+    parser.add_argument("--ps-modes", default="disable",
+                        help="comma-separated sysbench --db-ps-mode values to run each test in:"
+                             " disable (text protocol, COM_QUERY) and/or auto (server-side"
+                             " prepared statements, COM_STMT_*; rows named test@auto)"
+                             " (default disable)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every target this many times, interleaved round by round;"
                              " the table shows each target's median run and the median (range)"
@@ -453,6 +459,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tests is None:
         args.tests = ",".join(DEFAULT_COST_TESTS if args.metrics_cost else DEFAULT_TESTS)
     args.tests = split_choices(parser, "tests", args.tests, TESTS)
+    modes = [m.strip() for m in args.ps_modes.split(",") if m.strip()]
+    for mode in modes:
+        if mode not in ("disable", "auto"):
+            parser.error(f"--ps-modes: {mode!r} is not one of disable, auto")
+    # A test run with prepared statements is named test@auto (its own row in the table).
+    args.tests = [t if m == "disable" else f"{t}@{m}" for t in args.tests for m in modes]
     args.targets = split_choices(parser, "targets", args.targets, TARGETS)
     if args.duration < 1 or args.threads < 1 or args.rounds < 1:
         parser.error("--duration, --threads and --rounds must be at least 1")
@@ -606,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(
                 f"{meta['cpus']} CPUs, MariaDB {db_version}, {meta['sysbench']}, poolproxy"
-                f" {meta['poolproxy_commit']}; --db-ps-mode=disable --threads={args.threads}"
+                f" {meta['poolproxy_commit']}; --db-ps-mode=disable (test@auto: --db-ps-mode=auto,"
+                f" prepared statements) --threads={args.threads}"
                 f" --time={args.duration}, {TABLES} tables x {TABLE_SIZE} rows, pool size"
                 f" {args.pool_size}{workers_note(args.workers)}. qps counts BEGIN/COMMIT. proxy"
                 " CPU = poolproxy's"

@@ -77,13 +77,13 @@ def schema(mariadb_server: MariaDbServer) -> None:
 
 
 def connector(proxy: ProxyProcess, listener: str = "mysql", **kw: Any) -> Any:
-    kw.setdefault("autocommit", True)
+    """mysql-connector-python at its defaults (autocommit off: PEP 249)."""
     return mysql.connector.connect(host="127.0.0.1", port=proxy.port(listener), user="app",
                                    password=APP_PASSWORD, database="app", **kw)
 
 
 def maria(proxy: ProxyProcess, listener: str = "mysql", **kw: Any) -> Any:
-    kw.setdefault("autocommit", True)
+    """MariaDB Connector/Python at its defaults (autocommit off: PEP 249)."""
     return mariadb.connect(host="127.0.0.1", port=proxy.port(listener), user="app",
                            password=APP_PASSWORD, database="app", **kw)
 
@@ -123,7 +123,9 @@ def run_clients(n: int, work: Any) -> list[BaseException]:
 def test_connector_prepared_cursors_share_a_small_pool(proxy: ProxyProcess,
                                                        mariadb_server: MariaDbServer) -> None:
     """mysql-connector-python's prepared cursors, CLIENTS connected clients over POOL servers:
-    exact results, nothing pinned, never more than POOL server connections."""
+    exact results, nothing pinned, never more than POOL server connections. At the driver's
+    defaults autocommit is off: a server is held from the first statement to the commit and
+    goes back to the pool in between."""
     before = pins(proxy, "mysql")
     conns = [connector(proxy) for _ in range(CLIENTS)]
     peak = 0
@@ -139,6 +141,7 @@ def test_connector_prepared_cursors_share_a_small_pool(proxy: ProxyProcess,
             (count, total), = cur.fetchall()
             expect = [r for r in range(1, 201) if r % 7 == k % 7 and r * 10 > k]
             assert (count, int(total)) == (len(expect), sum(r * 10 for r in expect))
+            conns[i].commit()  # autocommit is off: each unit of work ends its transaction
         cur.close()
 
     stop = threading.Event()
@@ -180,11 +183,14 @@ def test_mariadb_connector_execute_and_executemany(proxy: ProxyProcess,
             assert cur.fetchall() == [(f"owner{row_id % 7}", row_id * 10)]
             cur.execute("SELECT ? + 1, CONCAT(?, '!')", (k, f"c{i}"))
             assert cur.fetchall() == [(k + 1, f"c{i}!")]
+            conns[i].commit()  # autocommit is off: each unit of work ends its transaction
         base = 1000 + i * 100
         cur.executemany("INSERT INTO ps_items (id, owner, n) VALUES (?, ?, ?)",
                         [(base + j, f"bulk{i}", j) for j in range(25)])
+        conns[i].commit()
         cur.execute("SELECT COUNT(*), SUM(n) FROM ps_items WHERE owner = ?", (f"bulk{i}",))
         assert cur.fetchall() == [(25, sum(range(25)))]
+        conns[i].commit()
         cur.close()
 
     try:
