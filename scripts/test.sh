@@ -103,9 +103,11 @@ have_mariadbd || packages+=(mariadb-server)
 # The status page is tested in a real browser (tests/integration/test_status_page.py).
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
-if ! py -c 'import MySQLdb' >/dev/null 2>&1; then
-    # mysqlclient has no Linux wheels: pip builds it from source.
-    have_mysqlclient_build_deps || packages+=(libmariadb-dev pkg-config gcc)
+if ! py -c 'import MySQLdb, mariadb' >/dev/null 2>&1; then
+    # mysqlclient and MariaDB Connector/Python have no Linux wheels: pip builds them from
+    # source, against libmariadb (mariadb_config).
+    { have_mysqlclient_build_deps && command -v mariadb_config >/dev/null 2>&1; } \
+        || packages+=(libmariadb-dev pkg-config gcc)
     have_python_headers || packages+=(python3-dev)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then

@@ -141,7 +141,7 @@ class ClientConnection(ClientLogin):
             return
         cmd = payload[0]
         server = self.server
-        if (cmd != _COM_QUERY or self._broken) and self._special(seq, cmd, payload, server):
+        if (cmd != _COM_QUERY or self._broken) and self._special(seq, cmd, payload, server, raw):
             return  # answered here
         if cmd == _COM_QUERY:
             effects = session_effects(payload[1:])
@@ -173,7 +173,8 @@ class ClientConnection(ClientLogin):
             self._buffer.clear()
             self._send(server, cmd, data)
 
-    def _special(self, seq: int, cmd: int, payload: bytes, server: ServerConnection | None) -> bool:
+    def _special(self, seq: int, cmd: int, payload: bytes, server: ServerConnection | None,
+                 raw: bytes | None = None) -> bool:
         """What a command other than COM_QUERY (or any, after our server died) needs before it
         is forwarded; True if it was answered here instead."""
         if cmd == codec.COM_QUIT:
@@ -204,7 +205,7 @@ class ClientConnection(ClientLogin):
         if cmd == codec.COM_INIT_DB:
             self._init_db = payload[1:].decode("utf-8", "replace")
         elif cmd in _STMT_COMMANDS and self.statements is not None:
-            return self._statement_command(seq, cmd, payload)
+            return self._statement_command(seq, cmd, payload, raw)
         elif cmd == codec.COM_STMT_PREPARE:
             self._pin(PinReason.STMT_PREPARE)
         elif cmd == codec.COM_SET_OPTION:
@@ -229,7 +230,7 @@ class ClientConnection(ClientLogin):
         server.send_command(cmd, data)
 
     # ------------------------------------------------------------------ prepared statements
-    def _statement_command(self, seq: int, cmd: int, payload: bytes) -> bool:
+    def _statement_command(self, seq: int, cmd: int, payload: bytes, raw: bytes | None) -> bool:
         """COM_STMT_* with statements shared through the pool: answered here (a known
         statement's PREPARE, RESET, CLOSE, SEND_LONG_DATA, errors) or sent on with the
         server's statement id (`_send_statement`). Always True: nothing more to do."""
@@ -283,7 +284,7 @@ class ClientConnection(ClientLogin):
             pool = self.pool
             assert pool is not None
             pool.stats.binds += 1
-        self._dispatch(cmd, codec.encode_packet(seq, payload))
+        self._dispatch(cmd, raw if raw is not None else codec.encode_packet(seq, payload))
         return True
 
     def _prepare(self, seq: int, payload: bytes, stmts: ClientStatements) -> bool:

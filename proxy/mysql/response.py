@@ -141,11 +141,14 @@ def response_mode_for_command(command: int) -> ResponseMode | None:
 #: Responses larger than this are left to the ResponseTracker: a big result rarely arrives in
 #: one chunk, and scanning a chunk that turns out incomplete would be wasted work.
 QUICK_SCAN_LIMIT = 16384
-_QUICK_END_FLAGS = SERVER_MORE_RESULTS_EXISTS | SERVER_SESSION_STATE_CHANGED
+_QUICK_END_FLAGS = (SERVER_MORE_RESULTS_EXISTS | SERVER_SESSION_STATE_CHANGED
+                    | SERVER_STATUS_CURSOR_EXISTS)
 
 
 def scan_query_response(data: bytes, deprecate_eof: bool) -> int:
-    """Status flags of a COM_QUERY response that ``data`` holds exactly and completely, or -1.
+    """Status flags of a COM_QUERY (or COM_STMT_EXECUTE) response that ``data`` holds exactly
+    and completely, or -1. Binary rows (COM_STMT_EXECUTE) start with 0x00 and are skipped by
+    their headers like text rows; a cursor's response (no rows, CURSOR_EXISTS) returns -1.
 
     The hot-path shortcut for what the :class:`ResponseTracker` would find in one chunk with
     one plain OK, or one text result set (column count < 251 sent as one byte, definitions,

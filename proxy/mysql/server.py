@@ -99,7 +99,8 @@ class ServerConnection(ServerSession):
         if tracker is None:
             # The first chunk of a response: most are one whole small result, found without
             # arming the tracker (codec.scan_query_response).
-            if self._command == codec.COM_QUERY:
+            command = self._command
+            if command == codec.COM_QUERY or command == codec.COM_STMT_EXECUTE:
                 status = codec.scan_query_response(data, self._deprecate_eof)
                 if status >= 0:
                     self.pool.stats.bytes_out += len(data)
