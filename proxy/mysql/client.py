@@ -73,8 +73,8 @@ class ClientConnection(ClientLogin):
         super().__init__(listener)
         self.vars: dict[str, str] = {}
         self.infile = False
-        #: The session wants autocommit off (as its last response said): between transactions
-        #: its server may still go back to the pool, and the next one gets `autocommit = 0`.
+        #: The session wants autocommit off (as its last response said): a server it gets
+        #: next (after a loss) gets `autocommit = 0` first.
         self._autocommit_off = False
         self._analysis: Analysis | None = None
         self._init_db: str | None = None
@@ -449,7 +449,7 @@ class ClientConnection(ClientLogin):
             if server_id is not None:
                 server.close_statements([server_id])
         if not self._cursors and server is not None and not self.pending and not server.requests:
-            self._answered(bool(server.status & _IN_TRANS))
+            self._answered(server.in_transaction())
 
     def prepared_count(self) -> int:
         return 0 if self.statements is None else len(self.statements)
@@ -551,9 +551,7 @@ class ClientConnection(ClientLogin):
                 elif entry.cursor:
                     entry.cursor = False
                     self._cursors -= 1
-        # A transaction is open while the server says so: with autocommit off, between
-        # COMMIT and the next statement there is none, and the server may go back to the pool.
-        self._answered(bool(server.status & _IN_TRANS))
+        self._answered(server.in_transaction())
 
     def on_infile(self) -> None:
         self.infile = True
