@@ -84,7 +84,7 @@ class ClientConnection(ClientLogin):
         #: What was routed since everything before was answered (plain chunks as bytes, routed
         #: ones as frames), for a replay elsewhere; `_routed_for` is the server record it
         #: goes with (ServerSession.sent).
-        self._routed: list[bytes | list[Frame]] = []
+        self._routed: list[bytes | list[Frame] | tuple[bytes]] = []
         self._routed_for: list[Any] | None = _NOWHERE
         self._last = -1  # with the framer: the type of the last message (Flush aside)
 
@@ -165,6 +165,9 @@ class ClientConnection(ClientLogin):
         into whole messages (a message that names a statement is held until it is whole)."""
         framer = self._framer
         assert framer is not None
+        if data[:1] == b"B" and not framer.in_message and not self._broken and not self.copy_mode \
+                and self._bind_execute_sync(data):
+            return
         try:
             frames = framer.feed(data)
         except ValueError as exc:
@@ -198,6 +201,34 @@ class ClientConnection(ClientLogin):
                 self._buffer_while_waiting(frames, 0, len(data))
                 return
         self._route(server, frames, copy_mode)
+
+    def _bind_execute_sync(self, data: bytes) -> bool:
+        """The usual execution of a prepared statement (Bind, Execute, Sync in one chunk) on a
+        server that has it: renamed without framing. False: not that case, nothing done."""
+        server = self.server
+        if server is None:
+            if self.state is C_WAITING:
+                return False
+            server = self._checkout()
+            if server is None:  # waits: the general path buffers it
+                return False
+        router = self.router
+        assert router is not None
+        payload = router.bind_execute_sync(data, server.statements, server.requests)
+        if payload is None:
+            return False
+        self.pending += 1
+        self.syncs_since_exec = 1
+        self._last = MSG_SYNC
+        self.unsynced = False
+        sent = server.sent
+        if sent is not None:
+            if self._routed_for is not sent:
+                self._routed = list(sent)
+                self._routed_for = sent
+            self._routed.append((data,))  # the client's own bytes: routed again on a replay
+        server.forward(payload)
+        return True
 
     def _route(self, server: ServerConnection, frames: list[Frame], copy_mode: bool) -> None:
         router = self.router
@@ -327,12 +358,16 @@ class ClientConnection(ClientLogin):
     def _send_buffered(self, server: ServerConnection, buffered: list[Any]) -> None:
         syncs = self._buffered_syncs
         self._buffered = self._buffered_syncs = 0
-        if any(type(item) is list for item in buffered):
-            # Routed chunks among them: route all (plain chunks are whole messages).
+        if any(type(item) is not bytes for item in buffered):
+            # Routed chunks among them (frames, or a fast-path chunk as a 1-tuple): route all
+            # (plain chunks are whole messages).
             frames: list[Frame] = []
             fresh = Framer()
             for item in buffered:
-                frames.extend(item if type(item) is list else fresh.feed(item))
+                if type(item) is list:
+                    frames.extend(item)
+                else:
+                    frames.extend(fresh.feed(item[0] if type(item) is tuple else item))
             self._route(server, frames, False)
             return
         data = buffered[0] if len(buffered) == 1 else b"".join(buffered)

@@ -231,6 +231,7 @@ class ClientStatements:
 
 # Frontend message types (ints, as indexing bytes gives).
 _P, _B, _D, _C, _E, _S, _H, _Q, _F, _X = b"PBDCESHQFX"
+_SYNC = b"S\x00\x00\x00\x04"
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"dcf"
 #: Messages that may name a statement: held back until complete (poolproxy may rename it).
 HELD = frozenset((_P, _B, _D, _C))
@@ -392,6 +393,34 @@ class Router:
         self._stmts: list[Statement] | None = None
         self._failed_block = False
         self._copy = False
+
+    def bind_execute_sync(self, data: bytes, server: ServerStatements,
+                          requests: RequestQueue) -> bytes | None:
+        """The hot path of a prepared statement's execution: `data` is exactly Bind (of a
+        statement this client named, already prepared on the server) + Execute + Sync, and
+        nothing is open in the queue. Returns the bytes for the server (the Bind renamed), or
+        None when `data` is anything else, for `route` to handle."""
+        n = len(data)
+        blen = int.from_bytes(data[1:5], "big")
+        pos = 1 + blen
+        if pos + 10 > n or data[pos] != _E or data[n - 5:] != _SYNC or requests.open is not None \
+                or server.stale:
+            return None
+        if pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big") != n - 5:
+            return None
+        at = data.find(b"\x00", 5, pos) + 1
+        end = data.find(b"\x00", at, pos)
+        if at <= 0 or end <= at:
+            return None  # malformed, or the unnamed statement
+        stmt = self.client.get(data[at:end])
+        if stmt is None or not server.touch(stmt):
+            return None
+        self.stats.binds += 1
+        batch = Batch(FORWARD, True)
+        batch.extra = [stmt]
+        requests.append(batch)
+        length = blen - (end - at) + len(stmt.name)
+        return b"B" + length.to_bytes(4, "big") + data[5:at] + stmt.name + data[end:]
 
     def route(self, frames: list[Frame], server: ServerStatements, requests: RequestQueue,
               limit: int, failed_block: bool = False,

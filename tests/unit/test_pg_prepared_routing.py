@@ -475,3 +475,34 @@ def test_session_refused_plan_is_closed_on_that_server(pgw: World) -> None:
     a.data_received(B(b"s1") + E + S)
     pgw.flush()
     assert st.take() == C(b"S", name(1)) + P(name(1), b"select * from t") + B(name(1)) + E + S
+
+
+# --------------------------------------------------------------------------- the hot path
+
+
+def test_bind_execute_sync_fast_path_renames_like_route() -> None:
+    """Bind+Execute+Sync of a statement the server has: the same bytes and queue entry as the
+    general route, without framing; anything else is left to route (None, nothing changed)."""
+    side = Side()
+    side.route(P(b"s1", b"select $1"), S)
+    side.answer_all()
+    chunk = B(b"s1", b"", b"42") + E + S
+    fast = side.router.bind_execute_sync(chunk, side.server, side.queue)
+    assert fast == B(name(1), b"", b"42") + E + S
+    stmt = side.router.client.get(b"s1")
+    assert len(side.queue) == 1 and side.queue[0].extra == [stmt] and side.queue[0].synced
+    assert side.registry.stats.binds == 1
+    side.answer_all()
+    general, _ = Side.route(side, chunk)
+    assert general == fast
+    side.answer_all()
+    for other in (B(b"nope") + E + S,  # a name the client never prepared: 26000 via route
+                  B(b"") + E + S,  # the unnamed statement
+                  B(b"s1") + E + H,  # no Sync
+                  B(b"s1") + msg(b"D", b"P\0") + E + S,  # more than Bind/Execute/Sync
+                  B(b"s1") + E + S + Q(b"select 2")):
+        assert side.router.bind_execute_sync(other, side.server, side.queue) is None, other
+        assert not side.queue
+    other_server = ServerStatements(side.registry)  # a server without the statement
+    assert side.router.bind_execute_sync(chunk, other_server, side.queue) is None
+    assert not side.queue
