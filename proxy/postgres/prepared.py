@@ -397,19 +397,23 @@ class Router:
     def bind_execute_sync(self, data: bytes, server: ServerStatements,
                           requests: RequestQueue) -> bytes | None:
         """The hot path of a prepared statement's execution: `data` is exactly Bind (of a
-        statement this client named, already prepared on the server) + Execute + Sync, and
+        statement this client named, already prepared on the server), Describe of its portal
+        (libpq's PQexecPrepared sends one) or not, Execute and Sync, and
         nothing is open in the queue. Returns the bytes for the server (the Bind renamed), or
         None when `data` is anything else, for `route` to handle."""
         n = len(data)
         blen = int.from_bytes(data[1:5], "big")
-        pos = 1 + blen
-        if pos + 10 > n or data[pos] != _E or data[n - 5:] != _SYNC or requests.open is not None \
-                or server.stale:
+        bind_end = pos = 1 + blen
+        if pos + 10 > n or data[n - 5:] != _SYNC or requests.open is not None or server.stale:
             return None
-        if pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big") != n - 5:
+        if data[pos] == _D and data[pos + 5] == 0x50:  # Describe of the portal (libpq sends it)
+            pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+            if pos + 10 > n:
+                return None
+        if data[pos] != _E or pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big") != n - 5:
             return None
-        at = data.find(b"\x00", 5, pos) + 1
-        end = data.find(b"\x00", at, pos)
+        at = data.find(b"\x00", 5, bind_end) + 1
+        end = data.find(b"\x00", at, bind_end)
         if at <= 0 or end <= at:
             return None  # malformed, or the unnamed statement
         stmt = self.client.get(data[at:end])

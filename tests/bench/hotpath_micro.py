@@ -67,13 +67,15 @@ def extended_query() -> tuple[bytes, bytes]:
 
 def prepared_query() -> tuple[bytes, bytes, bytes, bytes]:
     """pgbench -M prepared: the statement is prepared once, then each transaction is Bind /
-    Execute / Sync of it (first: the Parse and its reply)."""
+    Describe / Execute / Sync of it (first: the Parse and its reply)."""
     sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
     bind = b"\x00P0_1\x00\x00\x00\x00\x01\x00\x00\x00\x0512345\x00\x00"
     prepare = msg(b"P", b"P0_1\x00" + sql + b"\x00\x00\x00") + msg(b"S", b"")
     prepared = msg(b"1", b"") + msg(b"Z", b"I")
-    q = msg(b"B", bind) + msg(b"E", b"\x00\x00\x00\x00\x00") + msg(b"S", b"")
-    resp = (msg(b"2", b"") + msg(b"D", b"\x00\x01\x00\x00\x00\x041234")
+    # libpq's PQexecPrepared: Bind, Describe (portal), Execute, Sync.
+    q = msg(b"B", bind) + msg(b"D", b"P\x00") + msg(b"E", b"\x00\x00\x00\x00\x00") + msg(b"S", b"")
+    resp = (msg(b"2", b"") + msg(b"T", b"\x00\x01abalance\x00" + bytes(18))
+            + msg(b"D", b"\x00\x01\x00\x00\x00\x041234")
             + msg(b"C", b"SELECT 1\x00") + msg(b"Z", b"I"))
     return prepare, prepared, q, resp
 
@@ -132,8 +134,9 @@ if __name__ == "__main__":
     main()
 
 
-async def run_mysql(n: int) -> float:
-    """The same for MySQL: COM_QUERY point select -> one-row text result set."""
+async def run_mysql(n: int, prepared: bool = False) -> float:
+    """The same for MySQL: COM_QUERY point select -> one-row text result set; `prepared`:
+    sysbench's default, COM_STMT_EXECUTE of a statement prepared once -> a binary row."""
     from proxy.mysql import codec as my
     from proxy.mysql.client import ClientConnection as MyClient
     from proxy.mysql.server import ServerConnection as MyServer
@@ -165,10 +168,24 @@ admin: {listen: null}
     q = my.encode_packet(0, b"\x03SELECT c FROM sbtest1 WHERE id=4242")
     coldef = my.lenenc_str(b"def") + my.lenenc_str(b"app") + my.lenenc_str(b"sbtest1") * 2 \
         + my.lenenc_str(b"c") * 2 + b"\x0c" + bytes(12)
+    end = my.encode_packet(4, my.build_ok(status_flags=my.SERVER_STATUS_AUTOCOMMIT,
+                                          capabilities=caps, eof_header=True))
     resp = (my.encode_packet(1, b"\x01") + my.encode_packet(2, coldef)
-            + my.encode_packet(3, my.lenenc_str(b"x" * 120))
-            + my.encode_packet(4, my.build_ok(status_flags=my.SERVER_STATUS_AUTOCOMMIT,
-                                              capabilities=caps, eof_header=True)))
+            + my.encode_packet(3, my.lenenc_str(b"x" * 120)) + end)
+    if prepared:
+        from proxy.mysql.prepared import ClientStatements, statement_registry
+        client.statements = ClientStatements(statement_registry(pool))
+        client.data_received(my.encode_packet(0, b"\x16SELECT c FROM sbtest1 WHERE id=?"))
+        server.data_received(my.encode_packet(1, b"\x00\x07\x00\x00\x00\x01\x00\x01\x00\x00\x00\x00")
+                             + my.encode_packet(2, coldef) + my.encode_packet(3, coldef))
+        first = b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x08\x00" + (4242).to_bytes(8, "little")
+        client.data_received(my.encode_packet(0, first))
+        row = my.encode_packet(3, b"\x00\x00" + my.lenenc_str(b"x" * 120))
+        resp = my.encode_packet(1, b"\x01") + my.encode_packet(2, coldef) + row + end
+        server.data_received(resp)
+        pool.stats.transactions = 0
+        q = my.encode_packet(0, b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00"
+                             + (4242).to_bytes(8, "little"))
     t0 = time.process_time()
     # The event loop flushes the outbox after each batch of ready sockets; under pgbench load
     # a batch holds ~40 events (strace), i.e. ~20 transactions here.
@@ -187,3 +204,5 @@ admin: {listen: null}
 if __name__ == "__main__":
     best = min(asyncio.run(run_mysql(30000)) for _ in range(3))
     print(f"mysql     {best:6.2f} µs of Python per transaction")
+    best = min(asyncio.run(run_mysql(30000, prepared=True)) for _ in range(3))
+    print(f"mysql-ps  {best:6.2f} µs of Python per transaction (COM_STMT_EXECUTE)")

@@ -496,10 +496,15 @@ def test_bind_execute_sync_fast_path_renames_like_route() -> None:
     general, _ = Side.route(side, chunk)
     assert general == fast
     side.answer_all()
+    libpq = B(b"s1", b"", b"7") + D(b"P", b"") + E + S  # PQexecPrepared
+    assert side.router.bind_execute_sync(libpq, side.server, side.queue) \
+        == B(name(1), b"", b"7") + D(b"P", b"") + E + S
+    side.answer_all()
     for other in (B(b"nope") + E + S,  # a name the client never prepared: 26000 via route
                   B(b"") + E + S,  # the unnamed statement
                   B(b"s1") + E + H,  # no Sync
-                  B(b"s1") + msg(b"D", b"P\0") + E + S,  # more than Bind/Execute/Sync
+                  B(b"s1") + D(b"S", b"s1") + E + S,  # Describe of a statement: route renames it
+                  B(b"s1") + D(b"P", b"") + D(b"P", b"") + E + S,
                   B(b"s1") + E + S + Q(b"select 2")):
         assert side.router.bind_execute_sync(other, side.server, side.queue) is None, other
         assert not side.queue
