@@ -102,6 +102,8 @@ have_pg_server || packages+=(postgresql)
 have_mariadbd || packages+=(mariadb-server)
 # The status page is tested in a real browser (tests/integration/test_status_page.py).
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+# sysbench drives MySQL prepared statements (COM_STMT_*) at its defaults in an integration test.
+command -v sysbench >/dev/null 2>&1 || packages+=(sysbench)
 command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 if ! py -c 'import MySQLdb, mariadb' >/dev/null 2>&1; then
     # mysqlclient and MariaDB Connector/Python have no Linux wheels: pip builds them from

@@ -191,7 +191,7 @@ class ServerConnection(ServerSession):
                 client.on_parameter(name, value)
             elif t == MSG_COPY_IN or t == MSG_COPY_BOTH:
                 client.on_copy_in()
-            elif t == MSG_COMMAND_COMPLETE:
+            elif t == MSG_COMMAND_COMPLETE and body[:1] == b"D":  # DISCARD, DEALLOCATE
                 self._command_done(client, body)
         # No reply to what is in flight reached the client if the chunk ends where the last
         # answer to everything before it did.

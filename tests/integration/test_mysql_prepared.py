@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import re
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -536,3 +539,40 @@ def test_prepare_flood_is_bounded(proxy: ProxyProcess) -> None:
     finally:
         flood.close()
         steady.close()
+
+
+# ----------------------------------------------------------------------- sysbench
+SYSBENCH_THREADS = 8  # four times the pool
+
+
+def sysbench(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("sysbench")
+    if exe is None:
+        pytest.skip("sysbench is not installed (Debian: apt-get install sysbench)")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("test", ["oltp_point_select", "oltp_read_only"])
+def test_sysbench_prepared_mode_over_a_small_pool(proxy: ProxyProcess,
+                                                  mariadb_server: MariaDbServer, test: str) -> None:
+    """sysbench at its default --db-ps-mode=auto (every statement COM_STMT_*), more threads
+    than server connections: zero errors, and no client pinned."""
+    common = ["--db-driver=mysql", "--mysql-db=app", "--tables=2", "--table-size=500"]
+    sysbench("oltp_read_only", *common, f"--mysql-host={mariadb_server.host}",
+             f"--mysql-port={mariadb_server.port}", "--mysql-user=root", "cleanup")
+    prep = sysbench("oltp_read_only", *common, f"--mysql-host={mariadb_server.host}",
+                    f"--mysql-port={mariadb_server.port}", "--mysql-user=root", "prepare")
+    assert prep.returncode == 0, prep.stdout + prep.stderr
+    before = pins(proxy, "mysql")
+    run = sysbench(test, *common, "--mysql-host=127.0.0.1", f"--mysql-port={proxy.port('mysql')}",
+                   "--mysql-user=app", f"--mysql-password={APP_PASSWORD}", "--db-ps-mode=auto",
+                   f"--threads={SYSBENCH_THREADS}", "--time=4", "--events=0", "run")
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    errors = re.search(r"errors:\s+(\d+)", out)
+    done = re.search(r"transactions:\s+(\d+)", out)
+    assert errors is not None and done is not None, out
+    assert int(errors.group(1)) == 0, out
+    assert int(done.group(1)) > 100, out
+    assert pins(proxy, "mysql") == before
+    assert metric(proxy, "poolproxy_prepared_statement_executions_total", listener="mysql") > 100
