@@ -188,6 +188,8 @@ class ClientConnection(ClientLogin):
             self._broken = False
             self._send_lost_error()
             return True
+        if cmd in _STMT_COMMANDS and self.statements is not None:
+            return self._statement_command(seq, cmd, payload, raw)
         if cmd in _UNSUPPORTED:
             self.fail(FeatureNotSupported(f"command 0x{cmd:02x} is not supported through poolproxy"),
                       fatal=False, seq=seq + 1)
@@ -204,8 +206,6 @@ class ClientConnection(ClientLogin):
             return True
         if cmd == codec.COM_INIT_DB:
             self._init_db = payload[1:].decode("utf-8", "replace")
-        elif cmd in _STMT_COMMANDS and self.statements is not None:
-            return self._statement_command(seq, cmd, payload, raw)
         elif cmd == codec.COM_STMT_PREPARE:
             self._pin(PinReason.STMT_PREPARE)
         elif cmd == codec.COM_SET_OPTION:
@@ -360,24 +360,34 @@ class ClientConnection(ClientLogin):
             if stmt.schema != other and stmt.schema and other:
                 server.send_internal(codec.COM_INIT_DB, bytes((codec.COM_INIT_DB,)) + other.encode())
             return
-        out = with_id(payload, on_server.id)
+        out: bytes | None = None  # a rewritten payload (else only the id changes in `data`)
         if cmd == codec.COM_STMT_EXECUTE:
             flag, types = execute_types(payload, stmt.params)
             if types is not None:
                 entry.types = on_server.types = types
             elif flag >= 0 and entry.types is not None and on_server.types != entry.types:
-                out = supply_types(out, flag, entry.types)  # this server never saw them
+                # This server never saw them.
+                out = supply_types(with_id(payload, on_server.id), flag, entry.types)
                 on_server.types = entry.types
-            for chunk in entry.long_data:
-                server.write(codec.encode_packet(0, with_id(chunk, on_server.id)))
-            self._executing = entry if (entry.long_data or payload[5] & CURSOR_TYPE_MASK) else None
+            if entry.long_data:
+                for chunk in entry.long_data:
+                    server.write(codec.encode_packet(0, with_id(chunk, on_server.id)))
+                self._executing = entry
+            else:
+                self._executing = entry if payload[5] & CURSOR_TYPE_MASK else None
         elif cmd == codec.COM_STMT_BULK_EXECUTE:
             self._executing = entry if entry.long_data else None
             for chunk in entry.long_data:
                 server.write(codec.encode_packet(0, with_id(chunk, on_server.id)))
         else:  # FETCH, or RESET of a statement with a cursor open
             self._executing = entry
-        server.send_command(cmd, codec.encode_packet(data[3], out), record=data)
+        if out is None and len(data) < codec.MAX_PAYLOAD:
+            # The usual case: the same packet with the server's statement id.
+            server.send_command(cmd, data[:5] + on_server.id.to_bytes(4, "little") + data[9:],
+                                record=data)
+        else:
+            server.send_command(cmd, codec.encode_packet(
+                data[3], with_id(payload, on_server.id) if out is None else out), record=data)
 
     def _prepared(self, server: ServerConnection, key: tuple[str, bytes], ok: bool) -> None:
         """The server answered the client's own COM_STMT_PREPARE (captured)."""
