@@ -1,4 +1,6 @@
-"""Command line: `poolproxy -c CONFIG.yaml [--check]`, `poolproxy --version`. Parsing only."""
+"""The `poolproxy` command (and `python -m proxy`): parses the arguments, finds and loads the
+config file, then prints the `--check` summary or runs the daemon (one process, or the
+supervisor of `workers` processes). Every config problem is printed, one per line."""
 
 from __future__ import annotations
 
@@ -6,22 +8,60 @@ import argparse
 import sys
 
 from . import __version__
-from .config import ConfigError, default_config_path, load_config, summary
+from .config import (
+    CONFIG_PATH_ENV,
+    CONFIG_SEARCH_PATH,
+    ConfigError,
+    ConfigNotFound,
+    find_config,
+    load_config,
+    summary,
+)
+
+DESCRIPTION = """\
+poolproxy is a connection pooler for PostgreSQL and MySQL/MariaDB: applications connect to it
+instead of to the database, and their many client connections share a small pool of server
+connections. It runs in the foreground and logs to standard error."""
+
+EPILOG = f"""\
+config file: the one given with -c, else ${CONFIG_PATH_ENV}, else the first of
+{" and ".join(CONFIG_SEARCH_PATH)} that exists.
+
+SIGHUP reloads the config file; SIGTERM or SIGINT shut down gracefully."""
+
+
+def invalid_config_message(exc: ConfigError) -> str:
+    """What poolproxy prints for an invalid config: one line per problem, with its key path."""
+    errors = exc.errors
+    if len(errors) == 1:
+        return f"poolproxy: invalid config: {errors[0]}"
+    lines = [f"poolproxy: invalid config ({len(errors)} problems):"]
+    lines.extend(f"  {error}" for error in errors)
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    parse = argparse.ArgumentParser(
+        prog="poolproxy", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parse.add_argument("-c", "--config", metavar="FILE",
+                       help=f"config file (default: ${CONFIG_PATH_ENV}, else "
+                       f"{', else '.join(CONFIG_SEARCH_PATH)})")
+    parse.add_argument("--check", action="store_true",
+                       help="validate the config, print a summary, exit 0 (valid) or 1")
+    parse.add_argument("--version", action="version", version=f"poolproxy {__version__}")
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="poolproxy", description=__doc__)
-    parser.add_argument("-c", "--config", help="config file (default: $POOLPROXY_CONFIG, "
-                        "else config/poolproxy.yaml)")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config, print a summary, exit 0/1")
-    parser.add_argument("--version", action="version", version=f"poolproxy {__version__}")
-    args = parser.parse_args(argv)
-    path = args.config or default_config_path()
+    args = parser().parse_args(argv)
     try:
-        config = load_config(path)
+        config = load_config(find_config(args.config))
+    except ConfigNotFound as exc:
+        print(f"poolproxy: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
-        print(f"poolproxy: invalid config: {exc}", file=sys.stderr)
+        print(invalid_config_message(exc), file=sys.stderr)
         return 1
     if args.check:
         print(summary(config))

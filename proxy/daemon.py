@@ -1,5 +1,10 @@
 """The daemon: starts listeners and the janitor, handles signals, shuts down gracefully.
 
+Start-up: "started" is logged only once every listen socket (and the admin HTTP server) is
+bound; one that cannot be bound ends the process with status 1 and an error naming the
+listener and address. Then, and after each reload, every listener's server is probed in the
+background (a plain connect, PROBE_TIMEOUT): an unreachable one draws one warning, nothing more.
+
 SIGTERM/SIGINT: stop accepting, let open transactions finish (up to shutdown_timeout), then
 close every client with 57P01 / a MySQL shutdown error. A second signal exits at once.
 """
@@ -17,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, ServerAddress, format_address, load_config
 from .core.listener import ListenerRuntime, ProtocolAdapter
 from .errors import ShuttingDown
 from .mysql.adapter import MySQLAdapter
@@ -31,6 +36,39 @@ from .postgres.adapter import PostgresAdapter
 from .workers import WorkerContext
 
 log = logging.getLogger("poolproxy.daemon")
+
+#: How long the start-up / reload probe of a listener's server waits for a connection.
+PROBE_TIMEOUT = 3.0
+
+
+class StartupError(Exception):
+    """A listen socket could not be bound; the message names the listener and address."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """``Address already in use`` rather than asyncio's ``[Errno 98] error while ...``."""
+    if exc.errno is not None and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+async def probe_server(server: ServerAddress, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None if `server` accepts a connection within `timeout` (closed at once, nothing sent),
+    else why not."""
+    try:
+        if server.socket_path:
+            connect = asyncio.open_unix_connection(server.socket_path)
+        else:
+            connect = asyncio.open_connection(server.host, server.port)
+        _reader, writer = await asyncio.wait_for(connect, timeout)
+    except TimeoutError:
+        return f"no connection within {timeout:g}s"
+    except OSError as exc:
+        return os_error_text(exc)
+    except ValueError as exc:  # a host name the resolver refuses to encode
+        return str(exc)
+    writer.close()
+    return None
 
 
 def adapter_for(protocol: str) -> ProtocolAdapter:
@@ -77,7 +115,6 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        log.info("poolproxy %s started with %d listener(s)", __version__, len(self.listeners))
 
     async def bind(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,13 +124,18 @@ class Daemon:
             lcfg = rt.config
             host = lcfg.listen_host or None
             inherited = self.worker.fds.get(lcfg.name) if self.worker is not None else None
-            if inherited is not None:
-                # The supervisor bound it; every worker accepts on the same socket.
-                rt.server = await loop.create_server(
-                    rt.new_client, sock=socket.socket(fileno=inherited), backlog=1024)
-            else:
-                rt.server = await loop.create_server(
-                    rt.new_client, host, lcfg.listen_port, reuse_address=True, backlog=1024)
+            try:
+                if inherited is not None:
+                    # The supervisor bound it; every worker accepts on the same socket.
+                    rt.server = await loop.create_server(
+                        rt.new_client, sock=socket.socket(fileno=inherited), backlog=1024)
+                else:
+                    rt.server = await loop.create_server(
+                        rt.new_client, host, lcfg.listen_port, reuse_address=True,
+                        backlog=1024)
+            except OSError as exc:
+                raise StartupError(f"listener {lcfg.name} ({lcfg.protocol}) cannot listen on "
+                                   f"{lcfg.listen_address}: {os_error_text(exc)}") from exc
             for sock in rt.server.sockets:
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -108,7 +150,10 @@ class Daemon:
         try:
             new = load_config(self.config.source)
         except ConfigError as exc:
-            log.error("reload rejected, keeping the running config: %s", exc)
+            count = len(exc.errors)
+            for i, error in enumerate(exc.errors, 1):
+                log.error("reload rejected, keeping the running config: %s%s", error,
+                          f" (problem {i} of {count})" if count > 1 else "")
             return False
         if self.worker is not None:
             new = new.for_worker(self.worker.index, self.worker.count)
@@ -133,7 +178,29 @@ class Daemon:
                 log.warning("new listener %s needs a restart to start listening", lcfg.name)
         self.config = new
         log.info("configuration reloaded from %s", new.source)
+        self.probe_servers("after the reload")
         return True
+
+    def probe_servers(self, when: str) -> None:
+        """In the background, try to connect to every listener's server; warn once for each
+        that does not answer. Never blocks, never stops poolproxy (with workers, worker 0 alone
+        probes)."""
+        if self.worker is not None and self.worker.index != 0:
+            return
+        self._tasks = [task for task in self._tasks if not task.done()]
+        targets = [(rt.name, rt.config.server) for rt in self.listeners]
+        self._tasks.append(asyncio.ensure_future(self._probe(targets, when)))
+
+    async def _probe(self, targets: list[tuple[str, ServerAddress]], when: str) -> None:
+        results = await asyncio.gather(*(probe_server(server) for _, server in targets),
+                                       return_exceptions=True)
+        for (name, server), problem in zip(targets, results, strict=True):
+            if problem is None:
+                continue
+            if isinstance(problem, asyncio.CancelledError):
+                raise problem
+            log.warning("listener %s: its server %s is unreachable %s (%s); poolproxy runs on "
+                        "and connects when clients need it", name, server, when, problem)
 
     def request_stop(self) -> None:
         self._signals += 1
@@ -149,14 +216,33 @@ class Daemon:
             rt.close_all(CloseReason.SHUTDOWN)
         raise SystemExit(1)
 
-    async def run(self) -> None:
-        await self.start()
-        await self.bind()
-        await self.start_admin()
-        if self.worker is not None:
-            await self._start_worker_services(self.worker)
+    async def run(self) -> int:
+        """Start, serve until stopped, shut down; the exit status."""
+        try:
+            await self.start()
+            await self.bind()
+            await self.start_admin()
+            if self.worker is not None:
+                await self._start_worker_services(self.worker)
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            self._abandon_start()
+            return 1
+        log.info("poolproxy %s started with %d listener(s)", __version__, len(self.listeners))
+        self.probe_servers("at start-up")
         await self._stop.wait()
         await self.shutdown()
+        return 0
+
+    def _abandon_start(self) -> None:
+        """Close what a failed start opened (the listeners bound so far, background tasks)."""
+        for rt in self.listeners:
+            if rt.server is not None:
+                rt.server.close()
+        for task in self._tasks:
+            task.cancel()
+        if self.admin is not None:
+            self.admin.close()
 
     # ------------------------------------------------------------------ as one of N workers
     async def _start_worker_services(self, worker: WorkerContext) -> None:
@@ -216,8 +302,15 @@ class Daemon:
                                  self.status_history.status)
         if worker is not None:
             await self.admin.start_unix(worker.admin_path())  # the supervisor serves HTTP
-        else:
+            return
+        try:
             await self.admin.start(admin.listen_host, admin.listen_port)
+        except OSError as exc:
+            self.admin = None
+            raise StartupError(
+                f"the admin HTTP server (admin.listen) cannot listen on "
+                f"{format_address(admin.listen_host, admin.listen_port)}: {os_error_text(exc)}"
+            ) from exc
 
     def ready(self) -> bool:
         """/readyz: listeners accept and the daemon is not draining."""
@@ -279,16 +372,12 @@ def run(config: Config, worker: WorkerContext | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
         log.warning("uvloop not available; using the default asyncio loop")
-    daemon_holder: dict[str, Daemon] = {}
 
-    async def main() -> None:
-        daemon = Daemon(config, worker=worker)
-        daemon_holder["d"] = daemon
-        await daemon.run()
+    async def main() -> int:
+        return await Daemon(config, worker=worker).run()
 
     try:
-        asyncio.run(main())
+        return asyncio.run(main())
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    return 0

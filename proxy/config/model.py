@@ -10,8 +10,6 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Final
 
-DEFAULT_CONFIG_PATH: Final = "config/poolproxy.yaml"
-CONFIG_PATH_ENV: Final = "POOLPROXY_CONFIG"
 DEFAULT_ADMIN_LISTEN: Final = "127.0.0.1:9127"
 WILDCARD_DATABASE: Final = "*"
 
@@ -32,19 +30,6 @@ LOG_FORMATS: Final = ("text", "json")
 ADMIN_DATABASES: Final = ("poolproxy", "pgbouncer")
 # Hosts that bind every interface: they collide with any other address on the same port.
 WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::"})
-
-
-class ConfigError(Exception):
-    """A configuration problem; ``str()`` is ``"<key path>: <message>"``."""
-
-    def __init__(self, path: str, message: str) -> None:
-        # Both parts go to Exception.args so the error pickles and compares sanely.
-        super().__init__(path, message)
-        self.path = path
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 # --------------------------------------------------------------------------------------------

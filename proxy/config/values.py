@@ -14,13 +14,8 @@ from typing import Any, Final
 
 import yaml
 
-from .model import (
-    EMPTY_MAPPING,
-    POOL_MODES,
-    SETTING_NAMES,
-    WILDCARD_HOSTS,
-    ConfigError,
-)
+from .errors import ConfigError, Problems
+from .model import EMPTY_MAPPING, POOL_MODES, SETTING_NAMES, WILDCARD_HOSTS
 
 # --------------------------------------------------------------------------------------------
 # Paths and small validators
@@ -38,13 +33,16 @@ def key_path(parent: str, key: object) -> str:
 
 
 def check_keys(mapping: Mapping[Any, Any], allowed: Iterable[str], path: str) -> None:
+    """Raise one error for every key of ``mapping`` that is not ``allowed``."""
     allowed = tuple(allowed)
+    problems = Problems()
     for key in mapping:
         if isinstance(key, str) and key in allowed:
             continue
         hint = difflib.get_close_matches(str(key), allowed, n=1)
         message = "unknown key" + (f" (did you mean {hint[0]}?)" if hint else "")
-        raise ConfigError(key_path(path, key), message)
+        problems.add(ConfigError(key_path(path, key), message))
+    problems.raise_any()
 
 
 def as_mapping(value: object, path: str, what: str = "a mapping") -> dict[Any, Any]:
@@ -224,12 +222,15 @@ assert set(_SETTING_PARSERS) == set(SETTING_NAMES), "every PoolSettings field ne
 
 
 def parse_overrides(mapping: Mapping[str, Any], path: str) -> Mapping[str, Any]:
-    """The PoolSettings keys present in ``mapping``, parsed; in PoolSettings field order."""
-    parsed = {
-        name: _SETTING_PARSERS[name](mapping[name], key_path(path, name))
-        for name in SETTING_NAMES
-        if name in mapping
-    }
+    """The PoolSettings keys present in ``mapping``, parsed; in PoolSettings field order.
+    Raises one error for every value that does not parse."""
+    problems = Problems()
+    parsed = {}
+    for name in SETTING_NAMES:
+        if name in mapping:
+            value = problems.attempt(_SETTING_PARSERS[name], mapping[name], key_path(path, name))
+            parsed[name] = value
+    problems.raise_any()
     return MappingProxyType(parsed) if parsed else EMPTY_MAPPING
 
 
@@ -273,15 +274,20 @@ def expand_env(value: str, env: Mapping[str, str], path: str) -> str:
     return _ENV_REF.sub(substitute, value)
 
 
-def expand_tree(node: Any, env: Mapping[str, str], path: str) -> Any:
+def expand_tree(node: Any, env: Mapping[str, str], path: str, problems: Problems) -> Any:
+    """``node`` with every string value expanded; a string that fails is recorded in
+    ``problems`` and left as it is (Problems keeps one error per key path, so the parser's
+    complaint about the unexpanded text is not reported on top)."""
     # Runs on parsed YAML so that an expanded value (say a password with `: #`) is never
     # re-read as YAML syntax; only string values are expanded, never keys.
     if isinstance(node, str):
-        return expand_env(node, env, path)
+        expanded = problems.attempt(expand_env, node, env, path)
+        return node if expanded is None else expanded
     if isinstance(node, dict):
-        return {key: expand_tree(value, env, key_path(path, key)) for key, value in node.items()}
+        return {key: expand_tree(value, env, key_path(path, key), problems)
+                for key, value in node.items()}
     if isinstance(node, list):
-        return [expand_tree(value, env, f"{path}[{i}]") for i, value in enumerate(node)]
+        return [expand_tree(value, env, f"{path}[{i}]", problems) for i, value in enumerate(node)]
     return node
 
 

@@ -20,7 +20,6 @@ from proxy.config import (
     UserConfig,
     config_to_dict,
     config_warnings,
-    default_config_path,
     format_duration,
     load_config,
     parse_address,
@@ -530,17 +529,6 @@ def test_load_config_env_defaults_to_os_environ(
     path.write_text(build(pg(users=[{"name": "app", "password": "${POOLPROXY_T_PW}"}])))
     monkeypatch.setenv("POOLPROXY_T_PW", "os-secret")
     assert load_config(path).listener("pg").users["app"].password == "os-secret"
-
-
-def test_default_config_path() -> None:
-    assert default_config_path({}) == "config/poolproxy.yaml"
-    assert default_config_path({"POOLPROXY_CONFIG": "/etc/pp.yaml"}) == "/etc/pp.yaml"
-    assert default_config_path({"POOLPROXY_CONFIG": ""}) == "config/poolproxy.yaml"
-
-
-def test_default_config_path_uses_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("POOLPROXY_CONFIG", "/tmp/x.yaml")
-    assert default_config_path() == "/tmp/x.yaml"
 
 
 # ---------------------------------------------------------------------------------------------
