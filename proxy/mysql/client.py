@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..core.effects import Effect, may_have_committed
+from ..core.effects import Effect, may_have_committed, split_statements
 from ..core.reasons import ClientResult, DisconnectReason, LossOutcome
 from ..errors import FeatureNotSupported, ProtocolViolation, ProxyError, ServerConnectionLost
 from ..pool import C_ACTIVE, C_LOGIN, C_WAITING, S_CLOSED, CloseReason
@@ -37,7 +37,7 @@ from .prepared import (
     unknown_statement,
     with_id,
 )
-from .retry import autocommit_set, command_effects
+from .retry import autocommit_set, command_effects, statement_effect
 from .server import ServerConnection
 from .session import Analysis, PinReason, replay_sql, session_effects
 
@@ -56,6 +56,8 @@ _STMT_COMMANDS = frozenset((codec.COM_STMT_PREPARE, codec.COM_STMT_EXECUTE,
                             codec.COM_STMT_CLOSE, codec.COM_STMT_RESET, codec.COM_STMT_FETCH))
 #: What travels to the server with a statement id to rewrite.
 _STMT_SENDS = _STMT_COMMANDS - {codec.COM_STMT_SEND_LONG_DATA, codec.COM_STMT_CLOSE}
+#: With autocommit off, what ends the client's transaction (BEGIN: `SET autocommit=0` itself).
+_ENDS_IMPLICIT = frozenset((Effect.COMMIT, Effect.ROLLBACK, Effect.BEGIN))
 _LOCAL = -1  # a `_buffer`/`_stalled` entry that is an answer of poolproxy's own
 _WHERE = {codec.COM_STMT_EXECUTE: "mysqld_stmt_execute", codec.COM_STMT_FETCH: "mysqld_stmt_fetch",
           codec.COM_STMT_RESET: "mysqld_stmt_reset",
@@ -83,6 +85,7 @@ class ClientConnection(ClientLogin):
         self._lost_wrote = False  # a write was in flight inside the lost transaction
         self._lost_in_tx = False  # the lost server had a transaction open
         self._lost_words: codec.ErrPacket | None = None
+        self._last_sql: bytes | None = None  # the last command, if it was a COM_QUERY
         #: Prepared statements, shared through the pool (None: pinned the old way).
         self.statements: ClientStatements | None = None
         #: Commands held back while poolproxy prepares a statement on the server first.
@@ -143,6 +146,7 @@ class ClientConnection(ClientLogin):
         server = self.server
         if (cmd != _COM_QUERY or self._broken) and self._special(seq, cmd, payload, server, raw):
             return  # answered here
+        self._last_sql = payload if cmd == _COM_QUERY else None
         if cmd == _COM_QUERY:
             effects = session_effects(payload[1:])
             self._analysis = None
@@ -459,7 +463,7 @@ class ClientConnection(ClientLogin):
             if server_id is not None:
                 server.close_statements([server_id])
         if not self._cursors and server is not None and not self.pending and not server.requests:
-            self._answered(server.in_transaction())
+            self._answered(self._in_transaction(server))
 
     def prepared_count(self) -> int:
         return 0 if self.statements is None else len(self.statements)
@@ -561,7 +565,22 @@ class ClientConnection(ClientLogin):
                 elif entry.cursor:
                     entry.cursor = False
                     self._cursors -= 1
-        self._answered(server.in_transaction())
+        self._answered(self._in_transaction(server))
+
+    def _in_transaction(self, server: ServerConnection) -> bool:
+        """A transaction is open while the server says so; with autocommit off also from the
+        first statement after COMMIT/ROLLBACK (or `SET autocommit=0`) to the next one, as the
+        client sees it (PEP 249). Between them its server may go back to the pool."""
+        st = server.status
+        if st & _IN_TRANS:
+            return True
+        if st & _AUTOCOMMIT:
+            return False
+        sql = self._last_sql
+        if sql is None:
+            return True
+        statements = split_statements(sql[1:], mysql=True)
+        return not statements or statement_effect(statements[-1]) not in _ENDS_IMPLICIT
 
     def on_infile(self) -> None:
         self.infile = True

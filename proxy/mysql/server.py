@@ -318,6 +318,11 @@ class ServerConnection(ServerSession):
         st = self.status
         return bool(st & codec.SERVER_STATUS_IN_TRANS) or not st & codec.SERVER_STATUS_AUTOCOMMIT
 
+    def reusable(self) -> bool:
+        """Owing nothing and no transaction open. Autocommit off alone is no transaction: the
+        next client's session gets its own autocommit value before its first command."""
+        return not self.requests and not self.status & codec.SERVER_STATUS_IN_TRANS
+
     async def reset(self, *, hold: bool) -> None:
         """Roll back, and reset unreplayable state (COM_RESET_CONNECTION) for a held server."""
         if hold:

@@ -264,11 +264,11 @@ def test_atomic_style_transaction_with_savepoints(drv: Driver, proxy: ProxyProce
         assert rows(conn, "SELECT payload FROM drv_items WHERE owner = %s ORDER BY id",
                     (tag,)) == [("outer",), ("inner kept",)]
         conn.commit()
-        # autocommit is still off: a new transaction has implicitly begun, the server is held.
-        assert not bg.done.wait(HOLD), "server released while autocommit is off"
-        assert conn_id(conn) == sid
-        conn.autocommit(True)
-        assert bg.outcome(QUERY_WAIT) == sid  # it proceeds, on the same server
+        # autocommit is still off, but no transaction is open until the next statement: the
+        # server is free, and the waiting client proceeds on it.
+        assert bg.outcome(QUERY_WAIT) == sid
+        assert conn_id(conn) == sid  # this statement begins conn's next transaction ...
+        conn.autocommit(True)  # ... which SET autocommit=1 commits
         assert rows(waiting, "SELECT payload FROM drv_items WHERE owner = %s ORDER BY id",
                     (tag,)) == [("outer",), ("inner kept",)]
         assert_released(drv, proxy, conn, sid)
@@ -654,10 +654,9 @@ def test_aiomysql_atomic_style_transaction(proxy: ProxyProcess) -> None:
             await asyncio.sleep(HOLD)
             assert not task.done(), "a second client got a server during a transaction"
             await conn.commit()
-            await asyncio.sleep(HOLD)
-            assert not task.done(), "server released while autocommit is off"
-            await conn.autocommit(True)
+            # No transaction is open until conn's next statement: the waiting client proceeds.
             assert await asyncio.wait_for(task, QUERY_WAIT) == sid
+            await conn.autocommit(True)
             assert await arows(waiting, "SELECT payload FROM drv_items WHERE owner = %s"
                                         " ORDER BY id", (tag,)) == [("outer",), ("kept",)]
 

@@ -79,17 +79,14 @@ def schema(mariadb_server: MariaDbServer) -> None:
     mariadb_server.execute("INSERT INTO app2.ps_items VALUES (1, 'in app2', -1)")
 
 
-# Both drivers default to autocommit off (PEP 249), and a MySQL session with autocommit off is
-# one long transaction to poolproxy (docs/pooling.md): with it these clients could not share a
-# pool whatever their statements. This is about statements, so autocommit is on, as Django sets it.
 def connector(proxy: ProxyProcess, listener: str = "mysql", **kw: Any) -> Any:
-    kw.setdefault("autocommit", True)
+    """mysql-connector-python at its defaults (autocommit off, as PEP 249 has it)."""
     return mysql.connector.connect(host="127.0.0.1", port=proxy.port(listener), user="app",
                                    password=APP_PASSWORD, database="app", **kw)
 
 
 def maria(proxy: ProxyProcess, listener: str = "mysql", **kw: Any) -> Any:
-    kw.setdefault("autocommit", True)
+    """MariaDB Connector/Python at its defaults (autocommit off, as PEP 249 has it)."""
     return mariadb.connect(host="127.0.0.1", port=proxy.port(listener), user="app",
                            password=APP_PASSWORD, database="app", **kw)
 
@@ -129,7 +126,9 @@ def run_clients(n: int, work: Any) -> list[BaseException]:
 def test_connector_prepared_cursors_share_a_small_pool(proxy: ProxyProcess,
                                                        mariadb_server: MariaDbServer) -> None:
     """mysql-connector-python's prepared cursors, CLIENTS connected clients over POOL servers:
-    exact results, nothing pinned, never more than POOL server connections."""
+    exact results, nothing pinned, never more than POOL server connections. At the driver's
+    defaults autocommit is off: a server is held from a transaction's first statement to its
+    commit and goes back to the pool in between."""
     before = pins(proxy, "mysql")
     conns = [connector(proxy) for _ in range(CLIENTS)]
     peak = 0

@@ -250,12 +250,23 @@ def test_mysql_release_only_on_final_ok_outside_a_transaction(myw: World) -> Non
     assert client.server is None and idle(myw) == [server]
 
 
-def test_mysql_autocommit_off_keeps_the_server(myw: World) -> None:
+def test_mysql_autocommit_off_holds_the_server_from_a_statement_to_commit(myw: World) -> None:
+    """With autocommit off (PEP 249), a transaction runs from any statement to COMMIT or
+    ROLLBACK; the server is free before it and after it (nothing is open there)."""
     server, _ = myw.my_server()
     client, _ = myw.client()
     client.data_received(com_query(b"SET autocommit=0"))
     server.data_received(ok(0))
+    assert client.server is None  # nothing begun yet
+    client.data_received(com_query(b"SELECT CONNECTION_ID()"))
+    server.data_received(ok(0))  # no IN_TRANS (no table touched): still the client's transaction
     assert client.server is server
+    client.data_received(com_query(b"SAVEPOINT s1"))
+    server.data_received(ok(0))
+    assert client.server is server
+    client.data_received(com_query(b"COMMIT"))
+    server.data_received(ok(0))
+    assert client.server is None
     client.data_received(com_query(b"SET autocommit=1"))
     server.data_received(ok())
     assert client.server is None
