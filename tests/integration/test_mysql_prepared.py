@@ -575,3 +575,34 @@ def test_sysbench_prepared_mode_over_a_small_pool(proxy: ProxyProcess,
     assert int(done.group(1)) > 100, out
     assert pins(proxy, "mysql") == before
     assert metric(proxy, "poolproxy_prepared_statement_executions_total", listener="mysql") > 100
+
+
+def test_bad_statement_input_gets_mysql_errors(proxy: ProxyProcess) -> None:
+    """Long data beyond poolproxy's bound fails that execute with 1153 (and nothing is kept);
+    an execute with too few parameter values gets the server's own error; meanwhile a steady
+    client keeps working, and the statements stay usable."""
+    from proxy.mysql.prepared import MAX_LONG_DATA
+    c = raw(proxy)
+    steady = raw(proxy)
+    try:
+        ssid, _, _ = steady.prepare("SELECT ? + 0")
+        sid, _, _ = c.prepare("INSERT INTO ps_blobs (id, data) VALUES (?, ?)")
+        chunk = b"x" * (1 << 20)
+        for _ in range(MAX_LONG_DATA // len(chunk) + 1):
+            c.command(b"\x18" + struct.pack("<IH", sid, 1) + chunk)
+        assert steady.execute(ssid, [1]).startswith(b"\x01")
+        body = b"\x17" + struct.pack("<IBI", sid, 0, 1) + b"\x00\x01" + b"\x08\x00\xfc\x00" \
+            + struct.pack("<q", 8)
+        c.command(body)
+        reply = c.response()
+        assert reply[:1] == b"\xff" and struct.unpack_from("<H", reply, 1)[0] == 1153, reply
+        # Too few values for the parameters: the server's own error, the session goes on.
+        c.command(b"\x17" + struct.pack("<IBI", sid, 0, 1) + b"\x00\x01\x08\x00\x08\x00"
+                  + struct.pack("<q", 9))
+        reply = c.response()
+        assert reply[:1] == b"\xff", reply
+        assert c.execute(c.prepare("SELECT ? * 3")[0], [5]).startswith(b"\x01")
+        assert steady.execute(ssid, [2]).startswith(b"\x01")
+    finally:
+        c.close()
+        steady.close()
