@@ -24,10 +24,12 @@ from .prepared import (
     ER_STMT_HAS_NO_OPEN_CURSOR,
     LAST_PREPARED,
     MAX_CLIENT_STATEMENTS,
+    MAX_LONG_DATA,
     ClientStatement,
     ClientStatements,
     ServerStatements,
     Statement,
+    err_reply,
     execute_types,
     prepare_response,
     split_packets,
@@ -59,9 +61,14 @@ _STMT_SENDS = _STMT_COMMANDS - {codec.COM_STMT_SEND_LONG_DATA, codec.COM_STMT_CL
 #: With autocommit off, what ends the client's transaction (BEGIN: `SET autocommit=0` itself).
 _ENDS_IMPLICIT = frozenset((Effect.COMMIT, Effect.ROLLBACK, Effect.BEGIN))
 _LOCAL = -1  # a `_buffer`/`_stalled` entry that is an answer of poolproxy's own
+#: The server function MySQL's messages name for each statement command.
 _WHERE = {codec.COM_STMT_EXECUTE: "mysqld_stmt_execute", codec.COM_STMT_FETCH: "mysqld_stmt_fetch",
           codec.COM_STMT_RESET: "mysqld_stmt_reset",
           codec.COM_STMT_BULK_EXECUTE: "mysqld_stmt_bulk_execute"}
+
+
+def _where(cmd: int) -> str:
+    return _WHERE.get(cmd, "mysqld_stmt")
 _CURSOR_EXISTS = codec.SERVER_STATUS_CURSOR_EXISTS
 _LAST_ROW_SENT = codec.SERVER_STATUS_LAST_ROW_SENT
 
@@ -226,8 +233,8 @@ class ClientConnection(ClientLogin):
             try:
                 self._send_statement(server, cmd, data)
             except codec.ProtocolError as exc:
-                self._answer_local(codec.encode_packet(1, codec.build_err(
-                    1210, "HY000", f"Incorrect arguments to {_WHERE.get(cmd, 'mysqld_stmt')}: {exc}")))
+                self._answer_local(err_reply(
+                    1210, "HY000", f"Incorrect arguments to {_where(cmd)}: {exc}"))
             return
         if cmd not in _NO_RESPONSE:
             self.pending = 1
@@ -256,11 +263,11 @@ class ClientConnection(ClientLogin):
             if entry is not None:
                 stmts.close(stmt_id)
                 if entry.cursor:
-                    self._cursor_closed(entry, close=True)
+                    self._cursor_closed(entry)
             return True
         if entry is None:
             if cmd != codec.COM_STMT_SEND_LONG_DATA:  # the server reports those at execute
-                self._answer_local(unknown_statement(stmt_id, _WHERE.get(cmd, "mysqld_stmt")))
+                self._answer_local(unknown_statement(stmt_id, _where(cmd)))
             return True
         if cmd == codec.COM_STMT_SEND_LONG_DATA:
             entry.add_long_data(payload)
@@ -273,17 +280,16 @@ class ClientConnection(ClientLogin):
                 1, codec.build_ok(status_flags=status, capabilities=self.caps)))
             return True
         if cmd == codec.COM_STMT_FETCH and not (entry.cursor and self.server is not None):
-            self._answer_local(codec.encode_packet(1, codec.build_err(
-                ER_STMT_HAS_NO_OPEN_CURSOR, "HY000",
-                f"The statement ({stmt_id}) has no open cursor")))
+            self._answer_local(err_reply(ER_STMT_HAS_NO_OPEN_CURSOR, "HY000",
+                                         f"The statement ({stmt_id}) has no open cursor"))
             return True
         if cmd == codec.COM_STMT_EXECUTE or cmd == codec.COM_STMT_BULK_EXECUTE:
             if entry.long_size < 0:
                 entry.reset_long_data()
-                self._answer_local(codec.encode_packet(1, codec.build_err(
+                self._answer_local(err_reply(
                     ER_NET_PACKET_TOO_LARGE, "08S01",
                     f"COM_STMT_SEND_LONG_DATA for statement {stmt_id} exceeded poolproxy's "
-                    f"limit of {(64 << 20) >> 20} MiB; the statement was not executed")))
+                    f"limit of {MAX_LONG_DATA >> 20} MiB; the statement was not executed"))
                 return True
             pool = self.pool
             assert pool is not None
@@ -296,10 +302,10 @@ class ClientConnection(ClientLogin):
         assert pool is not None
         pool.stats.client_parses += 1
         if len(stmts) >= MAX_CLIENT_STATEMENTS:
-            self._answer_local(codec.encode_packet(seq + 1, codec.build_err(
+            self._answer_local(err_reply(
                 ER_MAX_PREPARED_STMT_COUNT_REACHED, "42000",
                 f"Can't create more than max_prepared_stmt_count statements (current value: "
-                f"{MAX_CLIENT_STATEMENTS}): poolproxy's limit per client connection")))
+                f"{MAX_CLIENT_STATEMENTS}): poolproxy's limit per client connection", seq + 1))
             return True
         stmt = stmts.registry.get((self.schema or "", payload[1:]))
         server = self.server
@@ -347,7 +353,7 @@ class ClientConnection(ClientLogin):
             return
         entry = stmts.get(stmt_id)
         if entry is None:  # closed while the command waited for a server
-            self._answer_local(unknown_statement(stmt_id, _WHERE.get(cmd, "mysqld_stmt")))
+            self._answer_local(unknown_statement(stmt_id, _where(cmd)))
             return
         stmt = entry.stmt
         on_server = statements.get(stmt)
@@ -401,15 +407,11 @@ class ClientConnection(ClientLogin):
         reply = server.captured
         if ok:
             stmts = self.statements
-            statements = server.statements
-            assert stmts is not None and statements is not None
-            try:
-                packets = split_packets(reply)
-                server_id = statement_id(packets[0])
-            except (codec.ProtocolError, IndexError):
-                log.error("%r: invalid COM_STMT_PREPARE response from %r", self, server)
-                server.close(CloseReason.SERVER_PROTOCOL_ERROR)
+            assert stmts is not None
+            packets = self._prepare_ok(server)
+            if packets is None:
                 return
+            server_id = statement_id(packets[0])
             stmt = stmts.registry.add(key, packets)
             self._on_server(server, stmt, server_id)
             stmt_id = stmts.add(stmt)
@@ -424,13 +426,10 @@ class ClientConnection(ClientLogin):
         stalled, self._stalled = self._stalled, None
         assert stalled is not None
         if ok:
-            try:
-                server_id = statement_id(split_packets(server.captured)[0])
-            except (codec.ProtocolError, IndexError):
-                log.error("%r: invalid COM_STMT_PREPARE response from %r", self, server)
-                server.close(CloseReason.SERVER_PROTOCOL_ERROR)
+            packets = self._prepare_ok(server)
+            if packets is None:
                 return
-            self._on_server(server, stmt, server_id)
+            self._on_server(server, stmt, statement_id(packets[0]))
         else:
             # The statement no longer prepares (a table dropped, ...): the server's error
             # answers the client's command, as a direct server's would have.
@@ -444,6 +443,18 @@ class ClientConnection(ClientLogin):
             else:
                 self._dispatch(cmd, data)
 
+    def _prepare_ok(self, server: ServerConnection) -> list[bytes] | None:
+        """The packets of the COM_STMT_PREPARE_OK `server` captured; None (and the server
+        closed) if they do not parse."""
+        try:
+            packets = split_packets(server.captured)
+            statement_id(packets[0])
+        except (codec.ProtocolError, IndexError):
+            log.error("%r: invalid COM_STMT_PREPARE response from %r", self, server)
+            server.close(CloseReason.SERVER_PROTOCOL_ERROR)
+            return None
+        return packets
+
     def _on_server(self, server: ServerConnection, stmt: Statement, server_id: int) -> None:
         statements = server.statements
         assert statements is not None
@@ -452,13 +463,13 @@ class ClientConnection(ClientLogin):
         pool.stats.server_parses += 1
         server.close_statements(statements.add(stmt, server_id))
 
-    def _cursor_closed(self, entry: ClientStatement, close: bool = False) -> None:
-        """The client's cursor on `entry` is gone; with `close` the client closed the
-        statement, so the server's copy (and its cursor) is closed too."""
+    def _cursor_closed(self, entry: ClientStatement) -> None:
+        """The client closed `entry` with a cursor open: the server's copy (and its cursor)
+        is closed too."""
         entry.cursor = False
         self._cursors -= 1
         server = self.server
-        if close and server is not None and server.statements is not None:
+        if server is not None and server.statements is not None:
             server_id = server.statements.drop(entry.stmt)
             if server_id is not None:
                 server.close_statements([server_id])

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from ..core.statements import StatementRegistry, registry_of
 from .messages import build_err
 from .wire import (
     COM_STMT_CLOSE,
@@ -67,52 +68,27 @@ class Statement:
         return f"<Statement {self.sql[:40]!r} params={self.params} refs={self.refs}>"
 
 
-class Registry:
-    """The statements of one pool by (schema, query text); an entry lives while a client or
-    a server connection refers to it."""
+class Registry(StatementRegistry):
+    """The statements of one pool by (schema, query text)."""
 
-    __slots__ = ("_by_key", "stats", "on_servers")
-
-    def __init__(self, stats: Any) -> None:
-        self._by_key: dict[tuple[str, bytes], Statement] = {}
-        #: The pool's counters (PoolStats: client_parses, server_parses, binds).
-        self.stats = stats
-        self.on_servers = 0
-
-    def __len__(self) -> int:
-        return len(self._by_key)
+    __slots__ = ()
 
     def get(self, key: tuple[str, bytes]) -> Statement | None:
-        return self._by_key.get(key)
+        return self._by_key.get(key)  # type: ignore[no-any-return]
 
     def add(self, key: tuple[str, bytes], response: list[bytes]) -> Statement:
         """The statement for `key`, made from a server's prepare response if it is new."""
-        stmt = self._by_key.get(key)
+        stmt: Statement | None = self._by_key.get(key)
         if stmt is None:
             head = response[0]
             stmt = self._by_key[key] = Statement(key, [head[:1] + b"\0\0\0\0" + head[5:],
                                                        *response[1:]])
         return stmt
 
-    def hold(self, stmt: Statement) -> None:
-        stmt.refs += 1
-
-    def release(self, stmt: Statement) -> None:
-        stmt.refs -= 1
-        if stmt.refs <= 0 and self._by_key.get(stmt.key) is stmt:
-            del self._by_key[stmt.key]
-
-    def counts(self) -> tuple[int, int]:
-        """(distinct statements in use, statements prepared on the pool's servers)."""
-        return len(self._by_key), self.on_servers
-
 
 def statement_registry(pool: Any) -> Registry:
-    """The pool's registry (made on first use; pools know no protocol)."""
-    registry = pool.protocol_state
-    if registry is None:
-        registry = pool.protocol_state = Registry(pool.stats)
-    return registry  # type: ignore[no-any-return]
+    """The pool's registry (made on first use)."""
+    return registry_of(pool, Registry)
 
 
 class ServerStatement:
@@ -152,12 +128,11 @@ class ServerStatements:
             self.lru.move_to_end(stmt)
             return [stmt_id]
         self.lru[stmt] = ServerStatement(stmt_id)
-        self.registry.hold(stmt)
-        self.registry.on_servers += 1
+        self.registry.placed(stmt)
         evicted = []
         while len(self.lru) > self.limit:
             old, entry = self.lru.popitem(last=False)
-            self._forget(old)
+            self.registry.removed(old)
             evicted.append(entry.id)
         return evicted
 
@@ -166,18 +141,14 @@ class ServerStatements:
         entry = self.lru.pop(stmt, None)
         if entry is None:
             return None
-        self._forget(stmt)
+        self.registry.removed(stmt)
         return entry.id
 
     def clear(self) -> None:
         """The server's statements are gone (connection closed or reset)."""
         for stmt in self.lru:
-            self._forget(stmt)
+            self.registry.removed(stmt)
         self.lru.clear()
-
-    def _forget(self, stmt: Statement) -> None:
-        self.registry.on_servers -= 1
-        self.registry.release(stmt)
 
 
 class ClientStatement:
@@ -309,8 +280,12 @@ def close_packet(server_id: int) -> bytes:
     return encode_packet(0, bytes((COM_STMT_CLOSE,)) + server_id.to_bytes(4, "little"))
 
 
+def err_reply(errno: int, sqlstate: str, message: str, seq: int = 1) -> bytes:
+    """An ERR packet answering a command (whole, header included)."""
+    return encode_packet(seq, build_err(errno, sqlstate, message))
+
+
 def unknown_statement(stmt_id: int, where: str) -> bytes:
     """MySQL's own error for an id the client never got (or closed)."""
-    return encode_packet(1, build_err(
-        ER_UNKNOWN_STMT_HANDLER, "HY000",
-        f"Unknown prepared statement handler ({stmt_id}) given to {where}"))
+    return err_reply(ER_UNKNOWN_STMT_HANDLER, "HY000",
+                     f"Unknown prepared statement handler ({stmt_id}) given to {where}")

@@ -221,12 +221,7 @@ class ClientConnection(ClientLogin):
         self.syncs_since_exec = 1
         self._last = MSG_SYNC
         self.unsynced = False
-        sent = server.sent
-        if sent is not None:
-            if self._routed_for is not sent:
-                self._routed = list(sent)
-                self._routed_for = sent
-            self._routed.append((data,))  # the client's own bytes: routed again on a replay
+        self._record_routed(server, (data,))  # the client's own bytes: routed again on a replay
         server.forward(payload)
         return True
 
@@ -242,17 +237,22 @@ class ClientConnection(ClientLogin):
             log.info("%r: protocol violation: %s", self, exc)
             self.fail(ProtocolViolation(f"invalid message from client: {exc}"))
             return
-        sent = server.sent
-        if sent is not None:
-            if self._routed_for is not sent:
-                self._routed = list(sent)  # plain chunks sent since all was answered
-                self._routed_for = sent
-            self._routed.append(frames)
+        self._record_routed(server, frames)
         if now:
             server.replied = True
             self.send(now[0] if len(now) == 1 else b"".join(now))
         if payload:
             server.forward(payload)
+
+    def _record_routed(self, server: ServerConnection, item: list[Frame] | tuple[bytes]) -> None:
+        """What the client sent that the router rewrote, kept for a replay on another server
+        (alongside the plain chunks in `server.sent`) until everything is answered."""
+        sent = server.sent
+        if sent is not None:
+            if self._routed_for is not sent:
+                self._routed = list(sent)  # plain chunks sent since all was answered
+                self._routed_for = sent
+            self._routed.append(item)
 
     def _mid_message(self) -> bool:
         """The client stopped in the middle of a message."""

@@ -27,6 +27,7 @@ from ..core.requests import (
     Done,
     RequestQueue,
 )
+from ..core.statements import StatementRegistry, registry_of
 
 #: Server-side statement names start with this; clients' own names never reach a server.
 NAME_PREFIX = b"poolproxy_"
@@ -53,56 +54,36 @@ class Statement:
         return f"<Statement {self.name.decode()} refs={self.refs}>"
 
 
-class Registry:
-    """The statements of one pool, by key; forgotten when no client or server uses them."""
+class Registry(StatementRegistry):
+    """The statements of one pool, by key and by server-side name."""
 
-    __slots__ = ("_by_key", "_by_name", "_next", "stats", "on_servers")
+    __slots__ = ("_by_name", "_next")
 
     def __init__(self, stats: Any) -> None:
-        self._by_key: dict[bytes, Statement] = {}
+        super().__init__(stats)
         self._by_name: dict[bytes, Statement] = {}
         self._next = 0
-        #: The pool's counters (PoolStats: client_parses, server_parses, binds).
-        self.stats = stats
-        #: Statements prepared on the pool's server connections, all counted.
-        self.on_servers = 0
-
-    def __len__(self) -> int:
-        return len(self._by_key)
 
     def get(self, key: bytes) -> Statement:
-        stmt = self._by_key.get(key)
+        stmt: Statement | None = self._by_key.get(key)
         if stmt is None:
             self._next += 1
             stmt = Statement(key, NAME_PREFIX + str(self._next).encode())
             self._by_key[key] = self._by_name[stmt.name] = stmt
         return stmt
 
-    def counts(self) -> tuple[int, int]:
-        """(distinct statements in use, statements prepared on the pool's servers)."""
-        return len(self._by_key), self.on_servers
-
     def query_of(self, name: bytes) -> bytes | None:
         """The query text of the server-side statement `name` (None if unknown)."""
         stmt = self._by_name.get(name)
         return None if stmt is None else stmt.key.split(b"\x00", 1)[0]
 
-    def hold(self, stmt: Statement) -> None:
-        stmt.refs += 1
-
-    def release(self, stmt: Statement) -> None:
-        stmt.refs -= 1
-        if stmt.refs <= 0 and self._by_key.get(stmt.key) is stmt:
-            del self._by_key[stmt.key]
-            del self._by_name[stmt.name]
+    def _forget(self, stmt: Statement) -> None:
+        del self._by_name[stmt.name]
 
 
 def statement_registry(pool: Any) -> Registry:
-    """The pool's registry (made on first use; pools know no protocol)."""
-    registry = pool.protocol_state
-    if registry is None:
-        registry = pool.protocol_state = Registry(pool.stats)
-    return registry  # type: ignore[no-any-return]
+    """The pool's registry (made on first use)."""
+    return registry_of(pool, Registry)
 
 
 class ServerStatements:
@@ -135,23 +116,20 @@ class ServerStatements:
         """`stmt` is being prepared here; returns the least recently used statements to close
         so that at most `limit` stay (never `stmt` itself)."""
         if stmt not in self.lru:
-            self.registry.hold(stmt)
-            self.registry.on_servers += 1
+            self.registry.placed(stmt)
         self.lru[stmt] = None
         self.lru.move_to_end(stmt)
         evicted: list[Statement] = []
         while len(self.lru) > max(limit, 1):
             old, _ = self.lru.popitem(last=False)
-            self.registry.release(old)
-            self.registry.on_servers -= 1
+            self.registry.removed(old)
             evicted.append(old)
         return evicted
 
     def restore(self, stmt: Statement) -> None:
         """`stmt` is prepared here after all (its evicting Close was skipped)."""
         if stmt not in self.lru:
-            self.registry.hold(stmt)
-            self.registry.on_servers += 1
+            self.registry.placed(stmt)
             self.lru[stmt] = None
             self.lru.move_to_end(stmt, last=False)
 
@@ -171,14 +149,12 @@ class ServerStatements:
         """`stmt` is no longer prepared here (closed, failed, or its plan went stale)."""
         if stmt in self.lru:
             del self.lru[stmt]
-            self.registry.release(stmt)
-            self.registry.on_servers -= 1
+            self.registry.removed(stmt)
 
     def clear(self) -> None:
         """The server's statements are all gone (DISCARD ALL, DEALLOCATE ALL, connection end)."""
         for stmt in self.lru:
-            self.registry.release(stmt)
-        self.registry.on_servers -= len(self.lru)
+            self.registry.removed(stmt)
         self.lru.clear()
         self.stale.clear()
 
