@@ -33,6 +33,7 @@ from .ops.statuspage import StatusHistory
 from .pool import ClientState, CloseReason, Pool
 from .pool.janitor import Janitor
 from .postgres.adapter import PostgresAdapter
+from .tls import TlsError
 from .workers import WorkerContext
 
 log = logging.getLogger("poolproxy.daemon")
@@ -103,7 +104,10 @@ class Daemon:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for lcfg in self.config.listeners:
-            rt = ListenerRuntime(lcfg, adapter_for(lcfg.protocol), loop, self.clock)
+            try:
+                rt = ListenerRuntime(lcfg, adapter_for(lcfg.protocol), loop, self.clock)
+            except TlsError as exc:
+                raise StartupError(f"listener {lcfg.name}: {exc}") from exc
             rt.operations = self
             rt.paused_databases = self.paused_databases
             self.listeners.append(rt)
@@ -170,6 +174,7 @@ class Daemon:
                 log.warning("listener %s: listen address, protocol or server changed; "
                             "that takes a restart", rt.name)
             rt.config = lcfg
+            rt.reload_tls()  # errors are logged; the previous contexts stay
             for pool in rt.pools.values():
                 pool.settings = lcfg.settings_for(lcfg.database(pool.database), lcfg.user(pool.user))
                 pool.reconfigured()

@@ -89,3 +89,11 @@ class ServerUnavailable(ProxyError):
 
 class ServerLoginError(ProxyError):
     """The database refused our login; carries the server's own code and text to the client."""
+
+
+class ServerTlsError(ServerLoginError):
+    """TLS toward the database failed (refused, certificate, handshake): a config problem."""
+
+    sqlstate = "08006"
+    mysql_errno = 2026
+    mysql_sqlstate = "HY000"

@@ -489,7 +489,7 @@ def _check_settings(settings: TlsSettings, side: Side, path: str) -> None:
 def server_context(settings: TlsSettings, *, alpn: Sequence[str] | None = None,
                    path: str = "client_tls") -> ssl.SSLContext:
     """The context that accepts clients (client_tls): poolproxy's certificate and key; for
-    verify-ca/verify-full also ``ca_file`` and CERT_REQUIRED, else CERT_NONE (no client
+    verify-ca/verify-full also ``ca_file`` and CERT_OPTIONAL, else CERT_NONE (no client
     certificate is asked for). ``alpn``: e.g. ``(PG_ALPN,)`` for a PostgreSQL listener.
 
     Raises ``TlsError`` naming the key (under ``path``) whose file is missing or broken.
@@ -499,7 +499,11 @@ def server_context(settings: TlsSettings, *, alpn: Sequence[str] | None = None,
     _load_chain(ctx, settings, path)
     if verifies_peer(settings.mode):
         _load_ca(ctx, settings, path)
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        # A certificate that is sent must chain to ca_file (else the handshake fails), but a
+        # missing one is refused after the handshake by the protocol code: inside TLS the
+        # client can be told why, in its protocol (PostgreSQL's "connection requires a valid
+        # client certificate"), rather than losing the connection to a bare TLS alert.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     else:
         ctx.verify_mode = ssl.CERT_NONE
     if alpn:

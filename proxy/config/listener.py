@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from .. import tls
+from ..tls import Side, TlsSettings
 from .errors import ConfigError, Problems
 from .model import (
     ADMIN_DATABASES,
@@ -20,6 +22,7 @@ from .model import (
     PROTOCOLS,
     SETTING_NAMES,
     WILDCARD_DATABASE,
+    AuthQuery,
     DatabaseConfig,
     ListenerConfig,
     PoolSettings,
@@ -38,9 +41,10 @@ from .values import (
     require,
 )
 
-_LISTENER_KEYS: Final = ("name", "protocol", "listen", "server", "databases", "auth", "users")
+_LISTENER_KEYS: Final = ("name", "protocol", "listen", "server", "databases", "auth", "users",
+                         "client_tls", "server_tls")
 _SERVER_KEYS: Final = ("host", "port")
-_AUTH_KEYS: Final = ("type",)
+_AUTH_KEYS: Final = ("type", "query", "user", "dbname", "allow_plaintext_passthrough")
 _DATABASE_KEYS: Final = ("dbname",)
 _USER_KEYS: Final = ("name", "password")
 _LISTENER_NAME = re.compile(r"[A-Za-z0-9_.\-]+\Z")
@@ -67,7 +71,14 @@ def _parse_server(raw: object, protocol: str | None, path: str) -> ServerAddress
     return ServerAddress(host=host, port=port, socket_path=socket_path)
 
 
-def _parse_auth(raw: object, protocol: str | None, path: str) -> str:
+@dataclass(frozen=True, slots=True)
+class _Auth:
+    type: str
+    query: AuthQuery | None
+    allow_plaintext_passthrough: bool
+
+
+def _parse_auth(raw: object, protocol: str | None, path: str) -> _Auth:
     section = as_mapping(raw, path)
     problems = Problems()
     problems.attempt(check_keys, section, _AUTH_KEYS, path)
@@ -77,9 +88,43 @@ def _parse_auth(raw: object, protocol: str | None, path: str) -> str:
         suffix = f" for a {protocol} listener" if protocol else ""
         auth_type = problems.attempt(parse_choice, section["type"], f"{path}.type", choices,
                                      suffix)
+    query: AuthQuery | None = None
+    if "query" in section or "user" in section:
+        text = user = dbname = None
+        if "query" not in section:
+            problems.add(ConfigError(f"{path}.query", "is required with auth.user (the query "
+                                     "that returns a user's name and secret)"))
+        else:
+            text = problems.attempt(parse_str, section["query"], f"{path}.query")
+        if "user" not in section:
+            problems.add(ConfigError(f"{path}.user", "is required with auth.query (a listed "
+                                     "user whose password runs the query)"))
+        else:
+            user = problems.attempt(parse_str, section["user"], f"{path}.user")
+        if section.get("dbname") is not None:
+            dbname = problems.attempt(parse_str, section["dbname"], f"{path}.dbname")
+        marker = "?" if protocol == "mysql" else "$1"
+        if text is not None and marker not in text:
+            problems.add(ConfigError(f"{path}.query", f"must take the user name as {marker}"))
+        elif text is not None and user is not None:
+            query = AuthQuery(text, user, dbname)
+    elif "dbname" in section:
+        problems.add(ConfigError(f"{path}.dbname", "only applies with auth.query"))
+    plain = section.get("allow_plaintext_passthrough", False)
+    if not isinstance(plain, bool):
+        problems.add(ConfigError(f"{path}.allow_plaintext_passthrough", "must be true or false"))
+        plain = False
     problems.raise_any()
     assert auth_type is not None
-    return auth_type
+    return _Auth(auth_type, query, plain)
+
+
+def _parse_tls(raw: object, side: Side, path: str) -> TlsSettings:
+    try:
+        # settings_from_mapping refuses what is not a mapping itself.
+        return tls.settings_from_mapping(cast(Mapping[str, Any], raw), side, path)
+    except tls.TlsError as exc:
+        raise ConfigError(exc.path, exc.message) from None
 
 
 def _parse_database(name: object, value: object, protocol: str | None,
@@ -139,12 +184,14 @@ def _parse_user(item: object, auth_type: str | None, protocol: str | None,
     if "password" in item:
         password = problems.attempt(parse_str, item["password"], f"{user_path}.password",
                                     allow_empty=True)
-        if password == "" and protocol == "postgres" and auth_type not in ("trust", None):
+        if password == "" and protocol == "postgres" and auth_type not in (
+                "trust", "passthrough", None):
             # An empty secret would let any client in; PostgreSQL itself refuses empty ones.
             problems.add(ConfigError(f"{user_path}.password",
                                      f"must not be empty ({auth_type} auth)"))
-    elif auth_type not in ("trust", None):
-        # trust: clients are not checked, and the server may not need a password either.
+    elif auth_type not in ("trust", "passthrough", None):
+        # trust: clients are not checked, and the server may not need a password either;
+        # passthrough: the client's own password logs in.
         problems.add(ConfigError(f"{user_path}.password", "is required"))
     overrides = problems.attempt(parse_overrides, item, user_path)
     problems.raise_any()
@@ -153,13 +200,15 @@ def _parse_user(item: object, auth_type: str | None, protocol: str | None,
 
 
 def _parse_users(raw: object, auth_type: str | None, protocol: str | None,
-                 path: str) -> Mapping[str, UserConfig]:
+                 path: str, optional: bool = False) -> Mapping[str, UserConfig]:
+    """``optional``: users may also come from the database (auth.query, passthrough)."""
     if raw is None:
         raw = []
     if not isinstance(raw, list):
         raise ConfigError(path, "must be a list of {name, password} entries")
-    if not raw:
-        raise ConfigError(path, "must list at least one user (nobody could log in)")
+    if not raw and not optional:
+        raise ConfigError(path, "must list at least one user (nobody could log in; or use "
+                          "auth.query or auth.type: passthrough)")
     problems = Problems()
     users: dict[str, UserConfig] = {}
     first_index: dict[str, int] = {}
@@ -288,17 +337,28 @@ def parse_listener(
     listen = attempt(lambda: parse_address(require(raw, "listen", path), f"{path}.listen"))
     server = attempt(lambda: _parse_server(require(raw, "server", path), protocol,
                                            f"{path}.server"))
-    auth_type = attempt(_parse_auth, raw.get("auth"), protocol, f"{path}.auth")
-    if protocol is None:
-        auth_type = None  # its choices depend on the protocol
+    auth = attempt(_parse_auth, raw.get("auth"), protocol, f"{path}.auth")
+    # The auth type's choices depend on the protocol.
+    auth_type = auth.type if auth is not None and protocol is not None else None
     overrides = attempt(parse_overrides, raw, path)
     databases = attempt(_parse_databases, raw.get("databases"), protocol, f"{path}.databases",
                         "databases" in raw)
-    users = attempt(_parse_users, raw.get("users"), auth_type, protocol, f"{path}.users")
+    lookup = auth is not None and auth.query is not None
+    users = attempt(_parse_users, raw.get("users"), auth_type, protocol, f"{path}.users",
+                    optional=lookup or auth_type == "passthrough")
+    client_tls = attempt(_parse_tls, raw.get("client_tls"), "client_tls", f"{path}.client_tls")
+    server_tls = attempt(_parse_tls, raw.get("server_tls"), "server_tls", f"{path}.server_tls")
+    if auth is not None and auth.query is not None and users is not None:
+        runner = users.get(auth.query.user)
+        if runner is None or not runner.password:
+            problems.add(ConfigError(f"{path}.auth.user", f"{auth.query.user!r} must be listed "
+                                     "under users with a password (it runs auth.query)"))
     problems.raise_any()
     assert name is not None and protocol is not None and listen is not None
-    assert server is not None and auth_type is not None and overrides is not None
+    assert server is not None and auth is not None and overrides is not None
+    assert auth_type is not None
     assert databases is not None and users is not None
+    assert client_tls is not None and server_tls is not None
     if defaults_layer is not None:
         _check_listener_merges(defaults_layer, path, overrides, databases, users, protocol,
                                repr(name))
@@ -311,6 +371,10 @@ def parse_listener(
         databases=databases,
         auth_type=auth_type,
         users=users,
+        auth_query=auth.query,
+        allow_plaintext_passthrough=auth.allow_plaintext_passthrough,
+        client_tls=client_tls,
+        server_tls=server_tls,
         settings=replace(defaults, **overrides),
         overrides=overrides,
     )

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Final
 
+from ..tls import DISABLED, TlsSettings
+
+DISABLED_TLS: Final = DISABLED
 DEFAULT_ADMIN_LISTEN: Final = "127.0.0.1:9127"
 WILDCARD_DATABASE: Final = "*"
 
@@ -18,8 +21,8 @@ POOL_MODES: Final = ("transaction", "session", "statement")
 # The first entry of each tuple is the protocol's default.
 AUTH_TYPES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
-        "postgres": ("scram-sha-256", "md5", "trust"),
-        "mysql": ("mysql_native_password", "caching_sha2_password"),
+        "postgres": ("scram-sha-256", "md5", "trust", "passthrough"),
+        "mysql": ("mysql_native_password", "caching_sha2_password", "passthrough"),
     }
 )
 DEFAULT_SERVER_PORTS: Final[Mapping[str, int]] = MappingProxyType({"postgres": 5432, "mysql": 3306})
@@ -109,6 +112,16 @@ class ServerAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthQuery:
+    """PgBouncer's auth_query/auth_user/auth_dbname: users not listed are looked up in the
+    database with `query` (one parameter, the user name) run as the listed user `user`."""
+
+    query: str
+    user: str
+    dbname: str | None = None  # None: the client's database
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
     name: str
     protocol: str  # postgres | mysql
@@ -121,6 +134,12 @@ class ListenerConfig:
     settings: PoolSettings  # defaults merged with listener-level overrides
     # Extra (not in the original contract): the overrides given on the listener itself.
     overrides: Mapping[str, Any] = field(default_factory=_empty_mapping)
+    #: auth.query (None: only listed users log in).
+    auth_query: AuthQuery | None = None
+    #: auth.type passthrough: accept the client's cleartext password outside TLS and loopback.
+    allow_plaintext_passthrough: bool = False
+    client_tls: TlsSettings = DISABLED_TLS
+    server_tls: TlsSettings = DISABLED_TLS
     #: (worker index, worker count): with `workers: N` each worker process runs its own pools
     #: with its share of the connection limits (see `share_settings`).
     share: tuple[int, int] = (0, 1)

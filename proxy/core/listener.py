@@ -14,8 +14,10 @@ import secrets
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import tls
 from ..auth import scram
 from ..config import ListenerConfig
+from ..errors import ServerLoginError, ServerTlsError
 from ..pool import Clock, CloseReason, Pool
 
 if TYPE_CHECKING:
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
     from .session import ClientSession
 
 log = logging.getLogger("poolproxy.listener")
+
+#: What a server connection needs to ask for TLS: (context, TLS required, name to check).
+ServerTls = tuple[Any, bool, str | None]
 
 
 class ProtocolAdapter(Protocol):
@@ -38,8 +43,8 @@ class ProtocolAdapter(Protocol):
         ...
 
     async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
-                          password: str | None) -> ServerSession:
-        """Connect and log in to the database for `pool`."""
+                          password: str | None, tls: ServerTls | None) -> ServerSession:
+        """Connect and log in to the database for `pool` (`tls`: ask for TLS)."""
         ...
 
     async def cancel(self, runtime: ListenerRuntime, server: ServerSession) -> None:
@@ -77,6 +82,26 @@ class ListenerRuntime:
         #: (parameter, value as a client sent it) -> the server's canonical spelling.
         self.canonical_params: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: TLS toward clients and toward the server; contexts kept across reloads (a reload
+        #: with a broken file keeps the old one). Raises tls.TlsError if a file is unusable.
+        alpn = (tls.PG_ALPN,) if config.protocol == "postgres" else None
+        self.client_tls = tls.TlsContextHolder(config.client_tls, "client_tls",
+                                               f"listeners[{config.name}].client_tls", alpn=alpn)
+        self.server_tls = tls.TlsContextHolder(config.server_tls, "server_tls",
+                                               f"listeners[{config.name}].server_tls", alpn=alpn)
+        #: (side, result) -> TLS handshakes (poolproxy_tls_handshakes_total).
+        self.tls_handshakes: dict[tuple[str, str], int] = {}
+
+    def reload_tls(self) -> list[tls.TlsError]:
+        """Re-read both sides' certificates and keys (also when their paths are unchanged);
+        a side that fails keeps its previous context."""
+        errors = [self.client_tls.reload(self.config.client_tls),
+                  self.server_tls.reload(self.config.server_tls)]
+        return [e for e in errors if e is not None]
+
+    def count_tls(self, side: str, result: str) -> None:
+        key = (side, result)
+        self.tls_handshakes[key] = self.tls_handshakes.get(key, 0) + 1
 
     @property
     def name(self) -> str:
@@ -116,7 +141,7 @@ class ListenerRuntime:
 
     async def open_server(self, pool: Pool, dbname: str, user: str,
                           password: str | None) -> ServerSession:
-        server = await self.adapter.open_server(self, pool, dbname, user, password)
+        server = await self._open_with_tls(pool, dbname, user, password)
         if pool.db_idle_limit is None and not pool.idle_limit_checked:
             # On a pool's first connection, learn the database's own idle limit and stay
             # below it (MySQL wait_timeout, PostgreSQL idle_session_timeout).
@@ -129,6 +154,32 @@ class ListenerRuntime:
                 if limit:
                     pool.align_idle_limit(limit, server.IDLE_LIMIT_NAME)
         return server
+
+    async def _open_with_tls(self, pool: Pool, dbname: str, user: str,
+                             password: str | None) -> ServerSession:
+        """server_tls's connection attempts in libpq's order (allow: plaintext, then TLS if
+        the server refused that login; prefer: TLS, then plaintext if the handshake failed)."""
+        holder = self.server_tls
+        mode, context = holder.mode, holder.context
+        attempts = tls.connection_attempts(mode) if context is not None else (False,)
+        target: ServerTls = (context, tls.requires_tls(mode),
+                             tls.server_hostname(holder.settings, self.config.server.host))
+        for i, use_tls in enumerate(attempts):
+            try:
+                server = await self.adapter.open_server(self, pool, dbname, user, password,
+                                                        target if use_tls else None)
+            except ServerLoginError as exc:
+                if isinstance(exc, ServerTlsError):
+                    self.count_tls("server", "failed")
+                if i + 1 < len(attempts):
+                    log.info("%r: %s; trying again %s TLS (server_tls mode %s)", pool,
+                             exc.message, "without" if use_tls else "with", mode)
+                    continue
+                raise
+            if server.tls is not None:
+                self.count_tls("server", "ok")
+            return server
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _db_has_room(self, pool: Pool) -> bool:
         """max_db_connections: servers to one database over all its users' pools. When the

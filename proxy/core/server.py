@@ -15,10 +15,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ServerConnectionLost, ServerUnavailable
+from ..errors import ServerConnectionLost, ServerTlsError, ServerUnavailable
 from ..pool import S_ACTIVE, S_CLOSED, S_IDLE, S_LOGIN, CloseReason, Pool, ServerState
 from .outbox import outbox_for
 from .requests import RequestQueue
+from .starttls import TlsHandshakeFailed, TlsInfo, tls_info, upgrade
 
 if TYPE_CHECKING:
     from .session import ClientSession
@@ -37,6 +38,13 @@ class ServerSession(asyncio.Protocol):
     IDLE_LIMIT_NAME = ""
 
     client: ClientSession[Any] | None
+
+    #: server_tls for this connection (set by `connect_and_login`): the context (None:
+    #: plaintext), whether plaintext is unacceptable, the name to check; and, once up, its TLS.
+    tls_context: Any = None
+    tls_required = False
+    tls_hostname: str | None = None
+    tls: TlsInfo | None = None
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -276,6 +284,30 @@ class ServerSession(asyncio.Protocol):
     async def _login(self) -> None:
         raise NotImplementedError
 
+    async def _start_tls(self) -> None:
+        """The server agreed to TLS: run the handshake (inside the login's timeout)."""
+        transport = self.transport
+        assert transport is not None and self.tls_context is not None
+        try:
+            encrypted = await upgrade(transport, self, self.tls_context, server_side=False,
+                                      timeout=self.pool.settings.server_connect_timeout,
+                                      server_hostname=self.tls_hostname)
+        except TlsHandshakeFailed as exc:
+            self._lost = exc
+            raise ServerTlsError(f"TLS connection to the server failed: {exc}",
+                                 hint="check server_tls (mode, ca_file, server_name) against "
+                                      "the database's certificate") from None
+        self.transport = encrypted
+        self.tls = tls_info(encrypted)
+
+    def _tls_refused(self) -> None:
+        """The server does not do TLS: fine for prefer/allow, an error otherwise."""
+        if self.tls_required:
+            raise ServerTlsError("the server does not accept TLS connections, and server_tls "
+                                 "requires TLS", hint="enable ssl on the database, or lower "
+                                 "server_tls.mode")
+        self.tls_context = None
+
     async def login(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._login(), timeout)
@@ -302,11 +334,14 @@ async def open_transport(factory: Callable[[], asyncio.BaseProtocol], host: str,
 
 
 async def connect_and_login(factory: Callable[[], S], host: str, port: int,
-                            timeout: float) -> S:
+                            timeout: float, tls: tuple[Any, bool, str | None] | None = None
+                            ) -> S:
     """Open a connection (TCP, or a Unix socket if `host` is a path) with `factory`'s protocol
     and log in; raise ServerUnavailable / ServerLoginError with a message that says what to
-    check."""
+    check. `tls`: (context, required, server_hostname) to ask the server for TLS."""
     server = factory()
+    if tls is not None and tls[0] is not None and not host.startswith("/"):
+        server.tls_context, server.tls_required, server.tls_hostname = tls
     try:
         await asyncio.wait_for(open_transport(lambda: server, host, port), timeout)
     except (OSError, TimeoutError) as exc:

@@ -20,6 +20,7 @@ from ..pool import C_ACTIVE, C_CLOSED, C_IDLE, C_LOGIN, C_WAITING, S_CLOSED, Clo
 from .outbox import outbox_for
 from .reasons import ClientResult, DisconnectReason, LossOutcome, disconnect_reason_for, login_result
 from .server import ServerSession
+from .starttls import TlsHandshakeFailed, TlsInfo, tls_info, upgrade
 
 if TYPE_CHECKING:
     from .listener import ListenerRuntime
@@ -78,6 +79,9 @@ class ClientSession(asyncio.Protocol, Generic[S]):
         self._buffer = []  # what a waiting client sent, for the server it will get
         self._paused = False  # reading paused: too much buffered while waiting
         self._login_timer: asyncio.TimerHandle | None = None
+        #: The client's TLS (None: plaintext), and whether its handshake is running.
+        self.tls: TlsInfo | None = None
+        self._tls_handshake = False
 
     # ------------------------------------------------------------------ output
     def send(self, data: bytes) -> None:
@@ -134,7 +138,58 @@ class ClientSession(asyncio.Protocol, Generic[S]):
     def _reason_for(exc: ProxyError) -> DisconnectReason:
         return disconnect_reason_for(exc)
 
+    # ------------------------------------------------------------------ TLS
+    def _start_tls(self, context: Any, answer: bytes = b"", initial: bytes = b"") -> None:
+        """Switch to TLS: write `answer` (PostgreSQL's 'S') in plaintext, then run the
+        handshake (`initial`: a ClientHello already read, PostgreSQL 17's direct TLS). Reading
+        pauses until it is done; `_tls_ready` continues the login."""
+        transport = self.transport
+        assert transport is not None
+        self._tls_handshake = True
+        transport.pause_reading()
+        if answer:
+            transport.write(answer)  # not through the outbox: it must precede the handshake
+        self.listener.spawn(self._handshake(transport, context, initial))
+
+    async def _handshake(self, transport: asyncio.Transport, context: Any,
+                         initial: bytes) -> None:
+        lst = self.listener
+        timeout = lst.config.settings.client_login_timeout or 60.0
+        try:
+            encrypted = await upgrade(transport, self, context, server_side=True,
+                                      timeout=timeout, initial=initial)
+        except TlsHandshakeFailed as exc:
+            self._tls_handshake = False
+            lst.count_tls("client", "failed")
+            if self.state is C_LOGIN:
+                lst.count_result(ClientResult.PROTOCOL_ERROR)
+            log.info("%r: %s", self, exc)
+            if self.disconnect_reason is None:
+                self.disconnect_reason = DisconnectReason.PROTOCOL_ERROR
+            self._disconnect()
+            return
+        self._tls_handshake = False
+        self.transport = encrypted
+        self.tls = tls_info(encrypted)
+        lst.count_tls("client", "ok")
+        self._tls_ready()
+
+    def _tls_ready(self) -> None:
+        """The client's TLS handshake is done; the login continues inside it."""
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The client's verified certificate (client_tls verify-ca/verify-full), if any."""
+        transport = self.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        return sslobj.getpeercert() if sslobj is not None else None
+
     def _login_timed_out(self) -> None:
+        if self._tls_handshake:
+            # Mid-handshake: nothing can be said in plaintext; the handshake fails and ends it.
+            self.disconnect_reason = DisconnectReason.LOGIN_TIMEOUT
+            if self.transport is not None:
+                self.transport.close()
+            return
         if self.state is C_LOGIN:
             self.listener.count_result(ClientResult.PROTOCOL_ERROR)
             self._fail_login_timeout()

@@ -12,7 +12,7 @@ from .client import ClientConnection
 from .server import ServerConnection, fetch_greeting, open_server
 
 if TYPE_CHECKING:
-    from ..core.listener import ListenerRuntime
+    from ..core.listener import ListenerRuntime, ServerTls
 
 
 class MySQLAdapter:
@@ -22,11 +22,11 @@ class MySQLAdapter:
         return ClientConnection(runtime)
 
     async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
-                          password: str | None) -> ServerConnection:
+                          password: str | None, tls: ServerTls | None) -> ServerConnection:
         srv = runtime.config.server
         caps, charset = pool.variant
         server = await open_server(pool, srv.target, srv.port, user, password, dbname or None,
-                                   caps, charset, pool.settings.server_connect_timeout)
+                                   caps, charset, pool.settings.server_connect_timeout, tls)
         if runtime.greeting is None:
             runtime.greeting = server.handshake
         return server

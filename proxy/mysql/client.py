@@ -111,6 +111,17 @@ class ClientConnection(ClientLogin):
     # ------------------------------------------------------------------ asyncio.Protocol
     def data_received(self, data: bytes) -> None:
         reader = self._reader
+        if self.state is C_LOGIN and self._offered & codec.CLIENT_SSL and self.tls is None \
+                and not reader._buf and len(data) >= 36 and data[0] == codec.SSL_REQUEST_LENGTH \
+                and not data[1] and not data[2] and codec.is_ssl_request(data[4:36]):
+            # SSLRequest and the start of the TLS handshake in one read: the handshake's
+            # bytes must reach the TLS layer, not the packet reader.
+            self._auth_seq = data[3]
+            try:
+                self._on_ssl_request(data[36:])
+            except ProxyError as exc:
+                self._refuse_login(exc)
+            return
         if self.state is not C_LOGIN and not self.infile and not reader._buf:
             # Fast path: a command is normally exactly one packet in one chunk.
             n = len(data)
@@ -134,7 +145,7 @@ class ClientConnection(ClientLogin):
             return
         if self.state is C_LOGIN:
             for seq, payload in packets:
-                if self.state is not C_LOGIN:
+                if self.state is not C_LOGIN or self._tls_handshake:
                     break
                 self._login_packet(seq, payload)
             return

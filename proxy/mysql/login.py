@@ -12,6 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from .. import tls
 from ..auth import caching_sha2, mysql_native
 from ..core.reasons import DisconnectReason
 from ..core.session import ClientSession
@@ -78,6 +79,8 @@ class ClientLogin(ClientSession[ServerConnection]):
         version = greeting.server_version if greeting else DEFAULT_VERSION
         offered = OFFERED_CAPS & (greeting.capabilities if greeting else 0xFFFFFFFF)
         offered |= codec.CLIENT_PROTOCOL_41 | codec.CLIENT_SECURE_CONNECTION | codec.CLIENT_PLUGIN_AUTH
+        if lst.client_tls.context is not None:
+            offered |= codec.CLIENT_SSL
         self.send(codec.encode_packet(0, codec.build_handshake(
             version, self.conn_id, self._nonce, offered, charset=codec.UTF8MB4_GENERAL_CI,
             auth_plugin_name=lst.config.auth_type)))
@@ -122,13 +125,14 @@ class ClientLogin(ClientSession[ServerConnection]):
         lst = self.listener
         cfg = lst.config
         if codec.is_ssl_request(payload):
-            raise FeatureNotSupported("TLS is not supported by this poolproxy listener",
-                                      hint="connect without SSL (ssl_mode=DISABLED)")
+            self._on_ssl_request(self._reader.pending)
+            return
         resp = codec.parse_handshake_response(payload)
         if lst.draining:
             raise ShuttingDown("poolproxy is shutting down")
         self.user = resp.username
-        self.caps = resp.capabilities & self._offered
+        self._check_tls(resp.username)
+        self.caps = resp.capabilities & self._offered & ~codec.CLIENT_SSL
         self.charset = resp.charset
         self.database = resp.database or None
         self.schema = self.database
@@ -146,6 +150,40 @@ class ClientLogin(ClientSession[ServerConnection]):
                 seq + 1, codec.build_auth_switch_request(plugin, self._nonce)))
             return
         self._verify(resp.auth_response)
+
+    # ------------------------------------------------------------------ TLS
+    def _on_ssl_request(self, rest: bytes) -> None:
+        """The client's SSLRequest packet: the TLS handshake follows (`rest`: what of it
+        arrived with the request), then the real HandshakeResponse inside TLS."""
+        context = self.listener.client_tls.context
+        if self.tls is not None or self._tls_handshake:
+            raise ProtocolViolation("SSL connection request inside TLS", mysql_errno=1043)
+        if context is None or not self._offered & codec.CLIENT_SSL:
+            raise FeatureNotSupported(
+                "TLS is not enabled on this poolproxy listener", mysql_errno=2026,
+                hint="connect without SSL, or set client_tls on the listener")
+        self._reader.clear()
+        self._start_tls(context, initial=rest)
+
+    def _tls_ready(self) -> None:
+        assert self.transport is not None
+        self.transport.resume_reading()
+
+    def _check_tls(self, user: str) -> None:
+        mode = self.listener.client_tls.mode
+        if self.tls is None:
+            if tls.requires_tls(mode):
+                raise ProtocolViolation(
+                    "Connections using insecure transport are prohibited by this poolproxy "
+                    f"listener (client_tls mode {mode})", mysql_errno=3159,
+                    hint="connect with SSL (ssl_mode=REQUIRED or VERIFY_IDENTITY)")
+        elif tls.verifies_peer(mode) and not self.peer_certificate():
+            raise AuthFailed(f"Access denied for user '{user}': this listener requires a "
+                             f"client certificate (client_tls mode {mode})")
+        elif tls.checks_name(mode) and not tls.client_cert_matches_user(
+                self.peer_certificate(), user):
+            raise AuthFailed(f"Access denied for user '{user}': the client certificate's "
+                             "common name is not the user name")
 
     def _verify(self, response: bytes) -> None:
         ucfg = self.listener.config.user(self.user)

@@ -363,6 +363,15 @@ class ServerConnection(ServerSession):
         caps |= codec.CLIENT_PROTOCOL_41 | codec.CLIENT_SECURE_CONNECTION
         if self.dbname:
             caps |= codec.CLIENT_CONNECT_WITH_DB
+        if self.tls_context is not None:
+            if hs.capabilities & codec.CLIENT_SSL:
+                caps |= codec.CLIENT_SSL
+                seq += 1
+                self.write(codec.encode_packet(seq, codec.build_ssl_request(
+                    caps, charset=self.charset)))
+                await self._start_tls()
+            else:
+                self._tls_refused()
         self.caps = caps
         self._deprecate_eof = bool(caps & codec.CLIENT_DEPRECATE_EOF)
         plugin = hs.auth_plugin_name or "mysql_native_password"
@@ -393,6 +402,10 @@ class ServerConnection(ServerSession):
                     raise ServerLoginError(f"unexpected auth data for plugin {plugin}")
                 if data == bytes((caching_sha2.FAST_AUTH_SUCCESS,)):
                     continue  # OK follows
+                if data == bytes((caching_sha2.PERFORM_FULL_AUTH,)) and self.tls is not None:
+                    # Inside TLS the password goes as is (what MySQL clients do).
+                    self.write(codec.encode_packet(seq + 1, self.password.encode() + b"\0"))
+                    continue
                 if data == bytes((caching_sha2.PERFORM_FULL_AUTH,)):
                     # No TLS: ask for the server's RSA public key, then send the password
                     # encrypted with it.
@@ -419,6 +432,8 @@ class ServerConnection(ServerSession):
         if plugin == "caching_sha2_password":
             return caching_sha2.scramble_caching_sha2(self.password, nonce)
         if plugin == "mysql_clear_password":
+            if self.tls is not None:
+                return self.password.encode() + b"\0"
             raise ServerLoginError("server asks for a cleartext password over plain TCP; refused")
         raise ServerLoginError(f"server requested unsupported auth plugin {plugin!r}")
 
@@ -496,11 +511,11 @@ class ServerConnection(ServerSession):
 
 async def open_server(pool: Pool, host: str, port: int, user: str, password: str | None,
                       dbname: str | None, caps: int, charset: int,
-                      connect_timeout: float) -> ServerConnection:
+                      connect_timeout: float, tls: Any = None) -> ServerConnection:
     loop = asyncio.get_running_loop()
     return await connect_and_login(
         lambda: ServerConnection(pool, user, password, dbname, caps, charset, loop),
-        host, port, connect_timeout)
+        host, port, connect_timeout, tls)
 
 
 async def fetch_greeting(host: str, port: int, timeout: float = 3.0) -> codec.Handshake | None:

@@ -75,6 +75,12 @@ def _result(columns: list[tuple[str, int]], rows: Iterable[Iterable[object]], ta
     return b"".join(out)
 
 
+def _tls_text(conn: Any) -> str:
+    """The ``tls`` column: ``TLSv1.3/TLS_AES_256_GCM_SHA384``, empty for plaintext."""
+    info = getattr(conn, "tls", None)
+    return "" if info is None else str(info)
+
+
 def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
 
@@ -378,7 +384,8 @@ class Console:
                 rows.append(["S", pool.user, pool.database, state, rt.config.server.host,
                              rt.config.server.port, "", 0, "", "", 0, 0, 0,
                              f"{id(server):x}", f"{id(client):x}" if client else "",
-                             pid, "", "", getattr(server, "prepared_count", int)(), rt.name])
+                             pid, _tls_text(server), "", getattr(server, "prepared_count", int)(),
+                             rt.name])
         return _result(self._CONN_COLS, rows, "SHOW")
 
     def show_clients(self) -> bytes:
@@ -398,7 +405,7 @@ class Console:
                              addr, int(port) if port.isdigit() else 0, "", 0, "", "",
                              int(wait), _us(wait) % 1_000_000, 0, f"{id(client):x}",
                              f"{id(client.server):x}" if client.server else "",
-                             client.key[0] if client.key else 0, "",
+                             client.key[0] if client.key else 0, _tls_text(client),
                              params.get("application_name", ""), client.prepared_count(),
                              rt.name])
         return _result(self._CONN_COLS, rows, "SHOW")

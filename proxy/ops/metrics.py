@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..core.listener import ListenerRuntime
 
 POOL_LABELS = ("listener", "database", "user")
+TLS_RESULTS = ("ok", "failed", "refused")
 CLIENT_STATES = ("active", "waiting", "idle")
 SERVER_STATES = ("active", "idle", "login", "testing")
 CLIENT_RESULTS = tuple(result.value for result in ClientResult)
@@ -204,7 +205,14 @@ class PoolproxyCollector(Collector):
         gone = CounterMetricFamily("poolproxy_client_disconnects",
                                    "Client connections ended, by reason",
                                    labels=["listener", "reason"])
+        handshakes = CounterMetricFamily(
+            "poolproxy_tls_handshakes", "TLS handshakes with clients and servers, by result",
+            labels=["listener", "side", "result"])
         for rt in listeners:
+            for side in ("client", "server"):
+                for result in TLS_RESULTS:
+                    handshakes.add_metric([rt.name, side, result],
+                                          rt.tls_handshakes.get((side, result), 0))
             for result in CLIENT_RESULTS:
                 conns.add_metric([rt.name, result], rt.client_results.get(result, 0))
             for reason in DISCONNECT_REASONS:
@@ -218,7 +226,7 @@ class PoolproxyCollector(Collector):
                 pinned.add_metric([rt.name, reason], n)
             for reason, n in sorted(rt.pins.items()):
                 pins_total.add_metric([rt.name, reason], n)
-        yield from (conns, pinned, pins_total, gone)
+        yield from (conns, pinned, pins_total, gone, handshakes)
 
         for name in CONFIG_GAUGES:
             gauge = GaugeMetricFamily(f"poolproxy_{name}", f"Configured {name} (effective value)",

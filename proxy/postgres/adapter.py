@@ -11,7 +11,7 @@ from .client import ClientConnection
 from .server import ServerConnection, open_server, send_cancel
 
 if TYPE_CHECKING:
-    from ..core.listener import ListenerRuntime
+    from ..core.listener import ListenerRuntime, ServerTls
 
 
 class PostgresAdapter:
@@ -21,15 +21,18 @@ class PostgresAdapter:
         return ClientConnection(runtime)
 
     async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
-                          password: str | None) -> ServerConnection:
+                          password: str | None, tls: ServerTls | None) -> ServerConnection:
         srv = runtime.config.server
         return await open_server(pool, srv.target, srv.port, user, password, dbname,
-                                 pool.settings.server_connect_timeout)
+                                 pool.settings.server_connect_timeout, tls)
 
     async def cancel(self, runtime: ListenerRuntime, server: ServerSession) -> None:
         assert isinstance(server, ServerConnection)
         srv = runtime.config.server
-        await send_cancel(srv.target, srv.port, server.key)
+        # A cancel goes the way the connection went (a hostssl-only server wants TLS).
+        context = runtime.server_tls.context if server.tls is not None else None
+        await send_cancel(srv.target, srv.port, server.key, context=context,
+                          server_hostname=server.tls_hostname)
 
     async def prepare(self, runtime: ListenerRuntime) -> None:
         return None

@@ -290,6 +290,10 @@ class StartupReader:
         del self._buf[:length]
         return payload
 
+    def empty(self) -> bool:
+        """Nothing of a packet has arrived yet."""
+        return not self._buf
+
     def take_rest(self) -> bytes:
         rest = bytes(self._buf)
         self._buf.clear()
@@ -357,6 +361,10 @@ def startup_message(params: Mapping[str, str]) -> bytes:
         body += key.encode() + b"\x00" + value.encode() + b"\x00"
     body += b"\x00"
     return _I32.pack(len(body) + 4) + bytes(body)
+
+
+def ssl_request() -> bytes:
+    return struct.pack("!II", 8, SSL_REQUEST_CODE)
 
 
 def cancel_request(pid: int, secret: int) -> bytes:

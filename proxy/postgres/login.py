@@ -11,9 +11,10 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from .. import tls
 from ..auth import md5 as md5auth
 from ..auth import scram
-from ..core.reasons import DisconnectReason
+from ..core.reasons import ClientResult, DisconnectReason
 from ..core.session import ClientSession
 from ..errors import (
     AuthFailed,
@@ -59,6 +60,7 @@ class ClientLogin(ClientSession[ServerConnection]):
         self._password: str | None = None
         self._startup_params: dict[str, str] = {}
         self._console: ConsoleBridge | None = None
+        self._direct_tls = False
 
     def __repr__(self) -> str:
         return f"<pg client {self.user}@{self.database} {self.peer}>"
@@ -92,6 +94,11 @@ class ClientLogin(ClientSession[ServerConnection]):
     def _login_data(self, data: bytes) -> None:
         try:
             if self._startup is not None:
+                if data and data[0] == 0x16 and self.tls is None and self._startup.empty():
+                    # A TLS record, not a startup packet (whose first length byte is 0):
+                    # PostgreSQL 17's direct TLS (sslnegotiation=direct).
+                    self._begin_direct_tls(data)
+                    return
                 payload = self._startup.feed(data)
                 while payload is not None:
                     if not self._on_startup_packet(payload):
@@ -121,7 +128,9 @@ class ClientLogin(ClientSession[ServerConnection]):
                 self.listener.handle_cancel(msg.pid, msg.secret)
                 self.close_with(DisconnectReason.CLIENT_CLOSE)
                 return False
-            self.send(b"N")  # no TLS / GSS (yet)
+            if msg.code == codec.SSL_REQUEST_CODE:
+                return self._on_ssl_request()
+            self.send(b"N")  # GSSENCRequest: no GSSAPI encryption here (libpq moves on)
             return True
         rest = self._startup.take_rest() if self._startup else b""
         self._startup = None
@@ -129,6 +138,64 @@ class ClientLogin(ClientSession[ServerConnection]):
         if rest and self._reader is not None:
             self._login_data(rest)
         return True
+
+    # ------------------------------------------------------------------ TLS
+    def _on_ssl_request(self) -> bool:
+        """SSLRequest: 'S' and the handshake when client_tls offers TLS, else 'N'. False: stop
+        reading the plaintext that is left (there must be none)."""
+        context = self.listener.client_tls.context
+        if self.tls is not None:
+            raise ProtocolViolation("SSLRequest inside TLS")
+        if context is None:
+            self.send(b"N")
+            return True
+        assert self._startup is not None
+        if self._startup.take_rest():
+            # Bytes after SSLRequest would be read as if they came through TLS (CVE-2021-23214).
+            raise ProtocolViolation("unencrypted data after SSLRequest")
+        self._start_tls(context, answer=b"S")
+        return False
+
+    def _begin_direct_tls(self, data: bytes) -> None:
+        lst = self.listener
+        context = lst.client_tls.context
+        if context is None:
+            lst.count_tls("client", "refused")
+            lst.count_result(ClientResult.PROTOCOL_ERROR)
+            log.info("%r: direct TLS refused: client_tls is disable on this listener", self)
+            self.close_with(DisconnectReason.PROTOCOL_ERROR)
+            return
+        self._direct_tls = True
+        self._start_tls(context, initial=data)
+
+    def _tls_ready(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._direct_tls:
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is None or sslobj.selected_alpn_protocol() != tls.PG_ALPN:
+                # PostgreSQL requires ALPN with direct TLS (no protocol confusion attacks).
+                self.fail(ProtocolViolation(
+                    "direct TLS connection without ALPN protocol \"postgresql\""))
+                return
+        transport.resume_reading()
+
+    def _check_tls(self, user: str) -> None:
+        """client_tls rules once the user is known: TLS required, the certificate's CN."""
+        mode = self.listener.client_tls.mode
+        if self.tls is None:
+            if tls.requires_tls(mode):
+                raise ProtocolViolation(
+                    f"this poolproxy listener accepts only TLS connections (client_tls mode "
+                    f"{mode})", hint="connect with sslmode=require (or verify-ca/verify-full)")
+        elif tls.verifies_peer(mode) and not self.peer_certificate():
+            raise AuthFailed("connection requires a valid client certificate", sqlstate="28000",
+                             hint=f"client_tls mode {mode}: connect with sslcert/sslkey")
+        elif tls.checks_name(mode) and not tls.client_cert_matches_user(
+                self.peer_certificate(), user):
+            raise AuthFailed(f'certificate authentication failed for user "{user}"',
+                             sqlstate="28000",
+                             detail="the client certificate's common name is not the user name")
 
     def _on_startup(self, params: dict[str, str]) -> None:
         lst = self.listener
@@ -142,6 +209,7 @@ class ClientLogin(ClientSession[ServerConnection]):
             raise ProtocolViolation("no user name given in the startup packet")
         self.user = user
         self.database = params.get("database") or user
+        self._check_tls(user)
         if len(lst.clients) > cfg.client_limit:
             raise TooManyConnections(
                 f"no more connections allowed (max_client_conn={cfg.client_limit})",

@@ -18,7 +18,8 @@ from ..auth import scram
 from ..core.requests import REPLACE, RESULT, SWALLOW
 from ..core.server import ServerSession, connect_and_login, open_transport
 from ..core.session import ClientSession
-from ..errors import ServerConnectionLost, ServerLoginError, ServerUnavailable
+from ..core.starttls import TlsHandshakeFailed, upgrade
+from ..errors import ServerConnectionLost, ServerLoginError, ServerTlsError, ServerUnavailable
 from ..pool import CloseReason, Pool
 from . import codec
 from .codec import (
@@ -105,6 +106,7 @@ class ServerConnection(ServerSession):
         self.statements = ServerStatements(statement_registry(pool))
         # Login and internal queries read whole messages through this.
         self._reader: codec.MessageReader | None = codec.MessageReader()
+        self._tls_answer: asyncio.Future[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<pg server {self.pool.database}/{self.user} pid={self.key[0]} {self.state.value}>"
@@ -395,7 +397,19 @@ class ServerConnection(ServerSession):
             return b"", []
         return data[cut:], rest
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        answer = self._tls_answer
+        if answer is not None and not answer.done():
+            answer.set_exception(ServerConnectionLost(
+                "server closed the connection after SSLRequest"))
+        super().connection_lost(exc)
+
     def _frame(self, data: bytes) -> list[tuple[int, bytes]] | None:
+        answer = self._tls_answer
+        if answer is not None:  # the untyped one-byte answer to our SSLRequest
+            if not answer.done():
+                answer.set_result(data)
+            return []
         return None if self._reader is None else self._reader.feed(data)
 
     # ------------------------------------------------------------------ state
@@ -429,7 +443,25 @@ class ServerConnection(ServerSession):
             self.statements.clear()
 
     # ------------------------------------------------------------------ login
+    async def _request_tls(self) -> None:
+        """SSLRequest: 'S' -> the TLS handshake; 'N' -> plaintext (if server_tls allows)."""
+        self._tls_answer = answer = self.loop.create_future()
+        try:
+            self.write(codec.ssl_request())
+            data = await answer
+        finally:
+            self._tls_answer = None
+        if data == b"S":
+            await self._start_tls()
+        elif data == b"N":
+            self._tls_refused()
+        else:
+            # 'S' followed by more bytes would be plaintext posing as TLS data (CVE-2021-23222).
+            raise ServerTlsError(f"unexpected answer to SSLRequest: {data[:16]!r}")
+
     async def _login(self) -> None:
+        if self.tls_context is not None:
+            await self._request_tls()
         self.write(codec.startup_message({"user": self.user, "database": self.dbname}))
         scram_client: scram.ScramClient | None = None
         while True:
@@ -509,15 +541,46 @@ class ServerConnection(ServerSession):
 
     async def run_internal(self, sql: str, timeout: float = 10.0,
                            rows: list[str | None] | None = None) -> list[dict[str, str]]:
-        """Run a simple query of our own while unlinked; return the errors it raised.
+        """Run a simple query of our own while unlinked; return the errors it raised (`rows`:
+        gets each row's first column as text).
 
         The connection must be unlinked and quiet. A lost connection raises."""
+        full: list[list[str | None]] = []
+        errors = await self._exchange(codec.query(sql), timeout, repr(sql),
+                                      full if rows is not None else None)
+        if rows is not None:
+            rows.extend(row[0] if row else None for row in full)
+        return errors
+
+    async def query_params(self, sql: str, params: list[str], timeout: float = 10.0
+                           ) -> list[list[str | None]]:
+        """Run `sql` with text parameters ($1, ...) through the extended protocol while
+        unlinked (no quoting of values into SQL); the rows as text. Errors raise."""
+        bind = bytearray(b"\x00\x00" + b"\x00\x00" + len(params).to_bytes(2, "big"))
+        for value in params:
+            data = value.encode()
+            bind += len(data).to_bytes(4, "big") + data
+        bind += b"\x00\x00"
+        request = b"".join((
+            codec.message(b"P", b"\x00" + codec.cstr(sql) + b"\x00\x00"),
+            codec.message(b"B", bytes(bind)),
+            codec.message(b"E", b"\x00" + b"\x00\x00\x00\x00"),
+            codec.message(b"S")))
+        rows: list[list[str | None]] = []
+        errors = await self._exchange(request, timeout, repr(sql), rows)
+        if errors:
+            raise ServerLoginError(f"{sql!r} failed: {errors[0].get('M')}",
+                                   sqlstate=errors[0].get("C", "08006"))
+        return rows
+
+    async def _exchange(self, request: bytes, timeout: float, what: str,
+                        rows: list[list[str | None]] | None) -> list[dict[str, str]]:
         assert self.client is None
         self._reader = codec.MessageReader()
         self._inbox.clear()
         errors: list[dict[str, str]] = []
         try:
-            self.write(codec.query(sql))
+            self.write(request)
             while True:
                 t, body = await self._next(timeout)
                 if t == MSG_ERROR:
@@ -529,39 +592,74 @@ class ServerConnection(ServerSession):
                 elif t == MSG_READY_FOR_QUERY:
                     self.tx_status = body[0]
                     return errors
-                elif t == 0x44 and rows is not None:  # DataRow: first column as text
-                    length = int.from_bytes(body[2:6], "big", signed=True)
-                    rows.append(None if length < 0 else body[6:6 + length].decode())
+                elif t == 0x44 and rows is not None:  # DataRow, as text
+                    rows.append(_data_row(body))
         except TimeoutError:
-            raise ServerConnectionLost(f"server did not answer {sql!r} within {timeout:g}s") from None
+            raise ServerConnectionLost(f"server did not answer {what} within {timeout:g}s") from None
         finally:
             self._reader = None
             self._inbox.clear()
 
 
+def _data_row(body: bytes) -> list[str | None]:
+    count = int.from_bytes(body[:2], "big")
+    out: list[str | None] = []
+    pos = 2
+    for _ in range(count):
+        length = int.from_bytes(body[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if length < 0:
+            out.append(None)
+        else:
+            out.append(body[pos:pos + length].decode("utf-8", "replace"))
+            pos += length
+    return out
+
+
 async def open_server(pool: Pool, host: str, port: int, user: str, password: str | None,
-                      dbname: str, connect_timeout: float) -> ServerConnection:
-    """Connect and log in; raise ServerUnavailable / ServerLoginError on failure."""
+                      dbname: str, connect_timeout: float, tls: Any = None) -> ServerConnection:
+    """Connect and log in; raise ServerUnavailable / ServerLoginError on failure. `tls`:
+    (context, required, server_hostname) to ask for TLS first."""
     loop = asyncio.get_running_loop()
     return await connect_and_login(lambda: ServerConnection(pool, user, password, dbname, loop),
-                                   host, port, connect_timeout)
+                                   host, port, connect_timeout, tls)
 
 
-async def send_cancel(host: str, port: int, key: tuple[int, int], timeout: float = 5.0) -> None:
-    """Deliver a CancelRequest to the server on a new connection; wait for the server to close it."""
+async def send_cancel(host: str, port: int, key: tuple[int, int], timeout: float = 5.0, *,
+                      context: Any = None, server_hostname: str | None = None) -> None:
+    """Deliver a CancelRequest to the server on a new connection (inside TLS when `context`
+    is given, as libpq does); wait for the server to close it."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    answer: asyncio.Future[bytes] = loop.create_future()
 
     class _Cancel(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
-            transport.write(codec.cancel_request(*key))
+            transport.write(codec.ssl_request() if context is not None
+                            else codec.cancel_request(*key))
+
+        def data_received(self, data: bytes) -> None:
+            if not answer.done():
+                answer.set_result(data)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if not answer.done():
+                answer.set_result(b"")
             if not done.done():
                 done.set_result(None)
 
-    transport = await asyncio.wait_for(open_transport(_Cancel, host, port), timeout)
+    protocol = _Cancel()
+    transport: Any = await asyncio.wait_for(open_transport(lambda: protocol, host, port),
+                                            timeout)
     try:
+        if context is not None:
+            if await asyncio.wait_for(answer, timeout) != b"S":
+                raise ConnectionError("the server refused TLS for the cancel request")
+            transport = await upgrade(transport, protocol, context, server_side=False,
+                                      timeout=timeout, server_hostname=server_hostname)
+            transport.write(codec.cancel_request(*key))
         await asyncio.wait_for(done, timeout)
+    except TlsHandshakeFailed as exc:
+        raise ConnectionError(str(exc)) from None
     finally:
         transport.close()
