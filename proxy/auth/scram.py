@@ -3,6 +3,10 @@
 Owns SASLprep, the PBKDF2 key cache, pg_authid verifiers, and the two sides of the exchange:
 ``ScramServer`` (we verify a client) and ``ScramClient`` (we log in to a PostgreSQL server).
 Channel binding is not supported (gs2 header ``n,,`` or ``y,,``).
+
+Auth pass-through (PgBouncer auth_query style): a ``ScramServer`` that accepted a client exposes
+the ClientKey recovered from its proof, and ``ScramClient.from_keys`` logs in to a server with
+that ClientKey and the ServerKey from the same stored secret, without knowing the password.
 """
 
 from __future__ import annotations
@@ -139,6 +143,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _parse_iterations(text: str) -> int | None:
+    # ASCII digits only: str.isdigit() also accepts e.g. "\u00b2", which int() then rejects.
+    if not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value >= 1 else None
+
+
 def _unb64(text: str | bytes, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
@@ -202,19 +214,22 @@ def mock_verifier(username: str) -> ScramVerifier:
 
 
 def parse_verifier(text: str) -> ScramVerifier:
-    """Parse ``SCRAM-SHA-256$<iter>:<b64salt>$<b64StoredKey>:<b64ServerKey>``."""
+    """Parse ``SCRAM-SHA-256$<iter>:<b64salt>$<b64StoredKey>:<b64ServerKey>``.
+
+    This is the pg_authid.rolpassword / pg_shadow.passwd form, as an auth_query returns it.
+    """
     parts = text.split("$")
     if len(parts) != 3 or parts[0] != MECHANISM:
         raise ScramError("not a SCRAM-SHA-256 verifier")
     iter_text, sep1, salt_text = parts[1].partition(":")
     stored_text, sep2, server_text = parts[2].partition(":")
-    if not sep1 or not sep2 or not iter_text.isdigit():
+    iterations = _parse_iterations(iter_text)
+    if not sep1 or not sep2 or iterations is None:
         raise ScramError("malformed SCRAM-SHA-256 verifier")
-    iterations = int(iter_text)
     salt = _unb64(salt_text, "verifier salt")
     stored_key = _unb64(stored_text, "verifier StoredKey")
     server_key = _unb64(server_text, "verifier ServerKey")
-    if iterations < 1 or not salt or len(stored_key) != _KEY_LEN or len(server_key) != _KEY_LEN:
+    if not salt or len(stored_key) != _KEY_LEN or len(server_key) != _KEY_LEN:
         raise ScramError("malformed SCRAM-SHA-256 verifier")
     return ScramVerifier(salt, iterations, stored_key, server_key)
 
@@ -267,7 +282,8 @@ class ScramServer:
 
     The caller feeds the SASLInitialResponse data to :meth:`handle_client_first`, sends the
     result as AuthenticationSASLContinue, feeds the SASLResponse data to
-    :meth:`handle_client_final` and sends the result as AuthenticationSASLFinal.
+    :meth:`handle_client_final` and sends the result as AuthenticationSASLFinal. After a
+    successful exchange :attr:`client_key` holds the client's ClientKey (for pass-through).
     """
 
     def __init__(self, verifier: ScramVerifier, nonce: str | None = None) -> None:
@@ -280,6 +296,17 @@ class ScramServer:
         self._server_first: bytes | None = None
         self._nonce: str | None = None  # client nonce + server nonce
         self._done = False
+        self._client_key: bytes | None = None
+
+    @property
+    def client_key(self) -> bytes | None:
+        """The ClientKey the client proved, or None until an exchange has succeeded.
+
+        Recovered as ClientProof XOR HMAC(StoredKey, AuthMessage); its SHA-256 equals the
+        verifier's StoredKey (that is the proof check). Together with the verifier's ServerKey
+        it lets :meth:`ScramClient.from_keys` log in as this user. Treat it like a password.
+        """
+        return self._client_key
 
     def handle_client_first(self, data: bytes) -> bytes:
         """Parse client-first-message; return server-first-message."""
@@ -344,6 +371,7 @@ class ScramServer:
         client_key = _xor(proof, _hmac(v.stored_key, auth_message))
         if not hmac.compare_digest(_sha256(client_key), v.stored_key):
             raise ScramError("password authentication failed")
+        self._client_key = client_key
         return b"v=" + base64.b64encode(_hmac(v.server_key, auth_message))
 
 
@@ -352,16 +380,27 @@ class ScramServer:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, repr=False)  # no key bytes in logs or tracebacks
+class _ClientKeys:
+    """Pass-through credentials: the keys derived from an unknown password, and its salt."""
+
+    client_key: bytes
+    server_key: bytes
+    salt: bytes
+    iterations: int
+
+
 class ScramClient:
     """Client half of one SCRAM-SHA-256 exchange (sans-IO, use once).
 
     ``username`` defaults to empty as libpq sends it (the server takes the user from the
     startup packet); it exists so the RFC 7677 test vector, which uses ``n=user``, can be
-    reproduced exactly.
+    reproduced exactly. Build it from a password, or with :meth:`from_keys` from a ClientKey
+    and ServerKey when the password is unknown.
     """
 
     def __init__(self, password: str, nonce: str | None = None, username: str = "") -> None:
-        self._password = password
+        self._secret: str | _ClientKeys = password
         self._nonce = nonce if nonce is not None else _new_nonce()
         if not self._nonce or not _is_printable(self._nonce):
             raise ValueError("SCRAM client nonce must be non-empty printable ASCII without ','")
@@ -371,6 +410,47 @@ class ScramClient:
         )
         self._server_signature: bytes | None = None
         self._finished = False
+
+    @classmethod
+    def from_keys(
+        cls,
+        client_key: bytes,
+        server_key: bytes,
+        salt: bytes,
+        iterations: int,
+        username: str = "",
+        nonce: str | None = None,
+    ) -> ScramClient:
+        """A client that proves ``client_key`` instead of deriving keys from a password.
+
+        ``client_key`` is what :attr:`ScramServer.client_key` recovered from a client's
+        login; ``server_key``, ``salt`` and ``iterations`` come from the same stored secret
+        (:class:`ScramVerifier`). The server must announce exactly that salt and iteration
+        count, otherwise its secret has changed since ours was read and the exchange fails
+        with :class:`ScramError` before any proof is sent.
+        """
+        if len(client_key) != _KEY_LEN or len(server_key) != _KEY_LEN:
+            raise ValueError("SCRAM ClientKey and ServerKey must be 32 bytes")
+        if not salt:
+            raise ValueError("SCRAM salt must not be empty")
+        if iterations < 1:
+            raise ValueError("SCRAM iteration count must be positive")
+        client = cls("", nonce=nonce, username=username)
+        client._secret = _ClientKeys(client_key, server_key, salt, iterations)
+        return client
+
+    def _keys_for(self, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+        """(ClientKey, ServerKey) for the salt and iteration count the server announced."""
+        secret = self._secret
+        if isinstance(secret, str):
+            salted = salted_password(secret, salt, iterations)
+            return _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
+        if salt != secret.salt or iterations != secret.iterations:
+            raise ScramError(
+                "SCRAM salt or iteration count from the server does not match the stored "
+                "secret (the secret is stale: was the password changed?)"
+            )
+        return secret.client_key, secret.server_key
 
     def client_first(self) -> bytes:
         """The client-first-message (data of SASLInitialResponse)."""
@@ -395,17 +475,16 @@ class ScramClient:
         salt = _unb64(salt_text, "salt")
         if not salt:
             raise ScramError("malformed SCRAM salt")
-        if not iter_text.isdigit() or int(iter_text) < 1:
+        iterations = _parse_iterations(iter_text)
+        if iterations is None:
             raise ScramError("malformed SCRAM iteration count")
-        iterations = int(iter_text)
 
-        salted = salted_password(self._password, salt, iterations)
-        client_key = _hmac(salted, b"Client Key")
+        client_key, server_key = self._keys_for(salt, iterations)
         # c=biws is base64("n,,"): no channel binding.
         without_proof = b"c=biws,r=" + nonce.encode("ascii")
         auth_message = b",".join((self._client_first_bare, data, without_proof))
         proof = _xor(client_key, _hmac(_sha256(client_key), auth_message))
-        self._server_signature = _hmac(_hmac(salted, b"Server Key"), auth_message)
+        self._server_signature = _hmac(server_key, auth_message)
         return without_proof + b",p=" + base64.b64encode(proof)
 
     def verify_server_final(self, data: bytes) -> None:
