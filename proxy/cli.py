@@ -16,6 +16,7 @@ from .config import (
     find_config,
     load_config,
     summary,
+    tls_problems,
 )
 
 DESCRIPTION = """\
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.check:
         print(summary(config))
-        return 0
+        problems = tls_problems(config)
+        for text in problems:
+            print(text if text.startswith("warning: ") else f"error: {text}")
+        return 1 if any(not t.startswith("warning: ") for t in problems) else 0
     from .daemon import run
     from .logs import setup_logging
     from .workers import WorkerContext, run_supervisor

@@ -27,7 +27,7 @@ from .model import (
     worker_share,
 )
 from .parse import load_config, parse_config
-from .report import config_to_dict, config_warnings, summary
+from .report import config_to_dict, config_warnings, summary, tls_problems
 from .values import expand_env, parse_address, parse_duration, parse_fraction
 
 __all__ = [
@@ -36,5 +36,6 @@ __all__ = [
     "DatabaseConfig", "ListenerConfig", "LoggingConfig", "PoolSettings", "ServerAddress",
     "UserConfig", "config_to_dict", "config_warnings", "expand_env", "find_config",
     "format_address", "format_duration", "load_config", "parse_address", "parse_config",
-    "parse_duration", "parse_fraction", "share_settings", "summary", "worker_share",
+    "parse_duration", "parse_fraction", "share_settings", "summary", "tls_problems",
+    "worker_share",
 ]

@@ -348,6 +348,11 @@ def parse_listener(
                     optional=lookup or auth_type == "passthrough")
     client_tls = attempt(_parse_tls, raw.get("client_tls"), "client_tls", f"{path}.client_tls")
     server_tls = attempt(_parse_tls, raw.get("server_tls"), "server_tls", f"{path}.server_tls")
+    if server is not None and server.socket_path and server_tls is not None \
+            and tls.requires_tls(server_tls.mode):
+        problems.add(ConfigError(f"{path}.server_tls.mode", f"{server_tls.mode} cannot work: "
+                                 "server.host is a Unix socket, where TLS is not used; use "
+                                 "disable (or TCP)"))
     if auth is not None and auth.query is not None and users is not None:
         runner = users.get(auth.query.user)
         if runner is None or not runner.password:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .. import tls
 from .model import (
     SETTING_NAMES,
     Config,
@@ -52,6 +53,21 @@ def config_warnings(config: Config) -> list[str]:
     return warnings
 
 
+def tls_problems(config: Config) -> list[str]:
+    """What ``--check`` reports about TLS files: unreadable or broken certificates and keys
+    (errors), and certificates that expired or expire soon (warnings, prefixed)."""
+    out: list[str] = []
+    for lst in config.listeners:
+        alpn = (tls.PG_ALPN,) if lst.protocol == "postgres" else None
+        sides: tuple[tuple[tls.Side, tls.TlsSettings], ...] = (
+            ("client_tls", lst.client_tls), ("server_tls", lst.server_tls))
+        for side, settings in sides:
+            path = f"listeners[{lst.name}].{side}"
+            out.extend(str(e) for e in tls.check(settings, side, path, alpn=alpn))
+            out.extend(f"warning: {w}" for w in tls.certificate_warnings(settings, path))
+    return out
+
+
 def summary(config: Config) -> str:
     """Human summary for ``--check``; names users but never shows a password."""
     lines = [f"config: {config.source}"]
@@ -77,7 +93,12 @@ def summary(config: Config) -> str:
         lines.append(
             f"listener {lst.name}: {lst.protocol} {lst.listen_address} -> {lst.server}, "
             f"auth {lst.auth_type}"
+            + (f" (users not listed: auth.query as {lst.auth_query.user})"
+               if lst.auth_query is not None else "")
         )
+        if lst.client_tls.enabled or lst.server_tls.enabled:
+            lines.append(f"  tls: clients {tls.summary(lst.client_tls)}; "
+                         f"server {tls.summary(lst.server_tls)}")
         diff = _settings_diff(lst.settings, config.defaults)
         if diff:
             lines.append(f"  settings (differ from defaults): {diff}")

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import tls
 from ..auth import scram
+from ..auth.credentials import Credential, PasswordVerifier
 from ..config import ListenerConfig
+from ..config.model import AuthQuery
 from ..errors import ServerLoginError, ServerTlsError
 from ..pool import Clock, CloseReason, Pool
 
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
     from .session import ClientSession
 
 log = logging.getLogger("poolproxy.listener")
+
+#: How long an auth.query answer is reused (a failed login asks again at once).
+SECRET_TTL = 30.0
 
 #: What a server connection needs to ask for TLS: (context, TLS required, name to check).
 ServerTls = tuple[Any, bool, str | None]
@@ -43,7 +48,7 @@ class ProtocolAdapter(Protocol):
         ...
 
     async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
-                          password: str | None, tls: ServerTls | None) -> ServerSession:
+                          password: Credential | None, tls: ServerTls | None) -> ServerSession:
         """Connect and log in to the database for `pool` (`tls`: ask for TLS)."""
         ...
 
@@ -53,6 +58,12 @@ class ProtocolAdapter(Protocol):
 
     async def prepare(self, runtime: ListenerRuntime) -> None:
         """Before listening (MySQL: fetch the server's greeting to show clients)."""
+        ...
+
+    async def lookup_secret(self, runtime: ListenerRuntime, query: AuthQuery, dbname: str,
+                            user: str) -> str | None:
+        """auth.query: run `query` for `user` as `query.user` on `dbname`; the secret of its
+        first row (second column), None when there is no row."""
         ...
 
 
@@ -91,6 +102,58 @@ class ListenerRuntime:
                                                f"listeners[{config.name}].server_tls", alpn=alpn)
         #: (side, result) -> TLS handshakes (poolproxy_tls_handshakes_total).
         self.tls_handshakes: dict[tuple[str, str], int] = {}
+        #: Users not in the config: what their servers log in with, learnt from their
+        #: clients' logins (auth.query: SCRAM keys, an md5 hash, SHA1(password); passthrough:
+        #: the password), the verifiers that check returning passthrough clients, and the
+        #: auth.query secrets cached for SECRET_TTL seconds.
+        self.learnt: dict[str, Credential] = {}
+        self._passthrough: dict[str, PasswordVerifier] = {}
+        self._secrets: dict[str, tuple[str | None, float]] = {}
+
+    # ------------------------------------------------------------------ auth from the database
+    async def lookup_secret(self, user: str, database: str) -> str | None:
+        """auth.query's secret for `user` (cached briefly); None for an unknown user."""
+        query = self.config.auth_query
+        assert query is not None
+        now = self.clock()
+        hit = self._secrets.get(user)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        secret = await self.adapter.lookup_secret(self, query, query.dbname or database, user)
+        self._secrets[user] = (secret, now + SECRET_TTL)
+        return secret
+
+    def forget_secret(self, user: str) -> None:
+        """A looked-up user failed to log in: ask the database again next time."""
+        self._secrets.pop(user, None)
+
+    def learn(self, user: str, credential: Credential) -> None:
+        self.learnt[user] = credential
+
+    def passthrough_matches(self, user: str, password: str) -> bool:
+        verifier = self._passthrough.get(user)
+        return verifier is not None and verifier.matches(password)
+
+    async def validate_password(self, pool: Pool, password: str) -> bool:
+        """passthrough: log in to the server with a client's password. True (and the
+        password is learnt, the new server joins the pool) if the server accepts it; False if
+        it refuses the user or password; other failures raise."""
+        dbname = self.config.server_dbname(pool.database) or pool.database
+        try:
+            server = await self.open_server(pool, dbname, pool.user, password)
+        except ServerLoginError as exc:
+            if exc.sqlstate.startswith("28") or exc.mysql_errno == 1045:
+                log.info("%r: passthrough login refused by the server: %s", pool, exc.message)
+                return False
+            raise
+        self.learn(pool.user, password)
+        self._passthrough[pool.user] = PasswordVerifier(password)
+        if pool.total < pool.limit and not pool.closed:
+            pool.opening += 1
+            pool.opened(server)
+        else:
+            server.close(CloseReason.POOL_LIMIT)
+        return True
 
     def reload_tls(self) -> list[tls.TlsError]:
         """Re-read both sides' certificates and keys (also when their paths are unchanged);
@@ -125,9 +188,12 @@ class ListenerRuntime:
             server_db = cfg.server_dbname(database) or database
 
             def connect(p: Pool) -> Awaitable[ServerSession]:
-                # Read the password at each open, so a reloaded config applies.
+                # Read the password at each open, so a reloaded config applies; users not
+                # listed log in with what their clients' logins taught us (auth.query,
+                # passthrough).
                 current = self.config.user(user)
-                password = current.password if current is not None else None
+                password: Credential | None = (
+                    current.password if current is not None else self.learnt.get(user))
                 return self.open_server(p, server_db, user, password)
 
             pool = Pool(cfg.name, database, user, settings, connect, self.clock)
@@ -140,7 +206,7 @@ class ListenerRuntime:
         return pool
 
     async def open_server(self, pool: Pool, dbname: str, user: str,
-                          password: str | None) -> ServerSession:
+                          password: Credential | None) -> ServerSession:
         server = await self._open_with_tls(pool, dbname, user, password)
         if pool.db_idle_limit is None and not pool.idle_limit_checked:
             # On a pool's first connection, learn the database's own idle limit and stay
@@ -156,7 +222,7 @@ class ListenerRuntime:
         return server
 
     async def _open_with_tls(self, pool: Pool, dbname: str, user: str,
-                             password: str | None) -> ServerSession:
+                             password: Credential | None) -> ServerSession:
         """server_tls's connection attempts in libpq's order (allow: plaintext, then TLS if
         the server refused that login; prefer: TLS, then plaintext if the handshake failed)."""
         holder = self.server_tls

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..auth.credentials import Credential
+from ..config.model import AuthQuery
 from ..core.server import ServerSession
-from ..pool import Pool
+from ..core.session import borrow
+from ..pool import CloseReason, Pool
+from . import codec
 from .client import ClientConnection
 from .server import ServerConnection, fetch_greeting, open_server
 
@@ -22,7 +26,7 @@ class MySQLAdapter:
         return ClientConnection(runtime)
 
     async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
-                          password: str | None, tls: ServerTls | None) -> ServerConnection:
+                          password: Credential | None, tls: ServerTls | None) -> ServerConnection:
         srv = runtime.config.server
         caps, charset = pool.variant
         server = await open_server(pool, srv.target, srv.port, user, password, dbname or None,
@@ -33,6 +37,24 @@ class MySQLAdapter:
 
     async def cancel(self, runtime: ListenerRuntime, server: ServerSession) -> None:
         return None  # a server left mid-query is closed; MariaDB stops at its next write
+
+    async def lookup_secret(self, runtime: ListenerRuntime, query: AuthQuery, dbname: str,
+                            user: str) -> str | None:
+        # The user name goes in as a hex literal with a character set introducer: no quoting
+        # or escaping of client-chosen text into SQL.
+        literal = f"_utf8mb4 X'{user.encode('utf-8', 'surrogateescape').hex()}'"
+        pool = runtime.get_pool(dbname, query.user, (0, codec.UTF8MB4_GENERAL_CI))
+        server = await borrow(pool, runtime.loop)
+        try:
+            rows = await server.query_rows(query.query.replace("?", literal, 1))
+        except BaseException:
+            pool.discard(server, CloseReason.CHECK_FAILED)
+            raise
+        if server.reusable():
+            pool.checkin(server)
+        else:
+            pool.discard(server, CloseReason.NOT_CLEAN)
+        return rows[0][1] if rows and len(rows[0]) > 1 else None
 
     async def prepare(self, runtime: ListenerRuntime) -> None:
         # Show clients the real server version and capabilities from the start.

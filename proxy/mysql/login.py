@@ -8,12 +8,15 @@ command phase.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import os
 from typing import TYPE_CHECKING
 
 from .. import tls
 from ..auth import caching_sha2, mysql_native
+from ..auth.credentials import NativeStage1
 from ..core.reasons import DisconnectReason
 from ..core.session import ClientSession
 from ..errors import (
@@ -21,6 +24,7 @@ from ..errors import (
     FeatureNotSupported,
     ProtocolViolation,
     ProxyError,
+    ServerLoginError,
     ShuttingDown,
     TooManyConnections,
     UnknownDatabase,
@@ -45,6 +49,20 @@ MAX_CLIENT_PACKET = 64 << 20
 MAX_LOGIN_PACKET = 64 << 10
 DEFAULT_VERSION = "5.5.5-10.11.0-MariaDB-poolproxy"
 _AUTOCOMMIT = codec.SERVER_STATUS_AUTOCOMMIT
+
+
+#: passthrough asks for the password through caching_sha2_password's full authentication
+#: (inside TLS, as MySQL 8 clients send it) or mysql_clear_password (loopback, or allowed).
+_GREETING_PLUGIN = {"passthrough": "caching_sha2_password"}
+_CLEAR = "mysql_clear_password"
+
+
+def _is_loopback(peer: str) -> bool:
+    host = peer.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _nonce() -> bytes:
@@ -83,7 +101,7 @@ class ClientLogin(ClientSession[ServerConnection]):
             offered |= codec.CLIENT_SSL
         self.send(codec.encode_packet(0, codec.build_handshake(
             version, self.conn_id, self._nonce, offered, charset=codec.UTF8MB4_GENERAL_CI,
-            auth_plugin_name=lst.config.auth_type)))
+            auth_plugin_name=_GREETING_PLUGIN.get(lst.config.auth_type, lst.config.auth_type))))
         self._offered = offered
 
     # ------------------------------------------------------------------ errors
@@ -109,9 +127,9 @@ class ClientLogin(ClientSession[ServerConnection]):
         try:
             if self._login_step == "response":
                 self._on_handshake_response(seq, payload)
-            elif self._login_step == "switch":
+            elif self._login_step in ("switch", "cleartext"):
                 self._auth_seq = seq
-                self._verify(payload)
+                self._on_auth_response(payload)
             else:
                 raise ProtocolViolation("unexpected packet during login", mysql_errno=1043)
         except ProxyError as exc:
@@ -142,14 +160,138 @@ class ClientLogin(ClientSession[ServerConnection]):
                 hint="raise max_client_conn or use fewer client connections")
         if self.database and cfg.database(self.database) is None:
             raise UnknownDatabase(f"Unknown database '{self.database}' (not configured in poolproxy)")
-        plugin = cfg.auth_type
+        plugin = self._plugin_for(cfg.auth_type, cfg.user(self.user) is None)
         self._auth_plugin = plugin
         if (resp.auth_plugin_name or "mysql_native_password") != plugin:
-            self._login_step = "switch"
-            self.send(codec.encode_packet(
-                seq + 1, codec.build_auth_switch_request(plugin, self._nonce)))
+            self._switch(seq + 1, plugin)
             return
-        self._verify(resp.auth_response)
+        self._on_auth_response(resp.auth_response)
+
+    def _plugin_for(self, auth_type: str, unlisted: bool) -> str:
+        """The auth plugin this client must answer: the listener's; mysql_native_password
+        for a user auth.query looks up (its hash is what the database keeps); passthrough:
+        caching_sha2_password's full authentication inside TLS, else mysql_clear_password."""
+        cfg = self.listener.config
+        if auth_type == "passthrough":
+            if self.tls is not None:
+                return "caching_sha2_password"
+            if not cfg.allow_plaintext_passthrough and not _is_loopback(self.peer):
+                raise AuthFailed(
+                    f"Access denied for user '{self.user}': passthrough authentication sends "
+                    "the password in cleartext; this listener takes it only over SSL or from "
+                    "this host", hint="connect with SSL, or set auth.allow_plaintext_passthrough")
+            return _CLEAR
+        if unlisted and cfg.auth_query is not None:
+            return "mysql_native_password"
+        return auth_type
+
+    def _switch(self, seq: int, plugin: str) -> None:
+        self._login_step = "switch"
+        self._auth_seq = seq
+        data = b"" if plugin == _CLEAR else self._nonce
+        self.send(codec.encode_packet(seq, codec.build_auth_switch_request(plugin, data)))
+
+    def _denied(self, response: bytes) -> AuthFailed:
+        """The one error for an unknown user and a wrong password."""
+        return AuthFailed(f"Access denied for user '{self.user}'@'{self.peer.rsplit(':', 1)[0]}' "
+                          f"(using password: {'YES' if response else 'NO'})")
+
+    def _on_auth_response(self, response: bytes) -> None:
+        cfg = self.listener.config
+        if cfg.auth_type == "passthrough":
+            if self._auth_plugin == _CLEAR or self._login_step == "cleartext":
+                self._on_cleartext(response.rstrip(b"\x00").decode("utf-8", "surrogateescape"))
+                return
+            # caching_sha2_password's scramble: ask for the full authentication (the client
+            # then sends its password inside TLS).
+            self._login_step = "cleartext"
+            self._auth_seq += 1
+            self.send(codec.encode_packet(self._auth_seq, codec.build_auth_more_data(
+                bytes((caching_sha2.PERFORM_FULL_AUTH,)))))
+            return
+        if cfg.user(self.user) is None and cfg.auth_query is not None:
+            self.listener.spawn(self._lookup_then_verify(response))
+            return
+        self._verify(response)
+
+    async def _lookup_then_verify(self, response: bytes) -> None:
+        lst = self.listener
+        try:
+            secret = await lst.lookup_secret(self.user, self.database or "")
+            stage1 = None
+            if secret is not None:
+                try:
+                    stage2 = mysql_native.parse_native_hash(secret)
+                except ValueError:
+                    log.warning("%r: auth.query returned a secret that is not a "
+                                "mysql_native_password hash; refusing the login", self)
+                else:
+                    stage1 = mysql_native.recover_stage1(response, stage2, self._nonce)
+            if self.transport is None or self.transport.is_closing():
+                return
+            if stage1 is None:
+                lst.forget_secret(self.user)
+                raise self._denied(response)
+            lst.learn(self.user, NativeStage1(stage1))
+            self._accepted()
+        except ProxyError as exc:
+            self._refuse_login(exc)
+        except TimeoutError:
+            self._refuse_login(ServerLoginError(
+                f"cannot look up user '{self.user}' (auth.query): no server connection in time"))
+
+    def _on_cleartext(self, password: str) -> None:
+        lst = self.listener
+        ucfg = lst.config.user(self.user)
+        if ucfg is not None and ucfg.password:
+            if not hmac.compare_digest(ucfg.password.encode(), password.encode()):
+                raise self._denied(password.encode())
+            self._accepted()
+        elif lst.passthrough_matches(self.user, password):
+            self._accepted()
+        else:
+            self._login_step = "checking"
+            lst.spawn(self._validate_password(password))
+
+    async def _validate_password(self, password: str) -> None:
+        lst = self.listener
+        try:
+            ok = await lst.validate_password(lst.get_pool(*self._pool_key()), password)
+            if self.transport is None or self.transport.is_closing():
+                return
+            if not ok:
+                raise self._denied(password.encode())
+            self._accepted()
+        except ProxyError as exc:
+            self._refuse_login(exc)
+
+    def _pool_key(self) -> tuple[str, str, tuple[int, int]]:
+        return self.database or "", self.user, (self.caps & SEMANTIC_CAPS, self.charset)
+
+    def _verify(self, response: bytes) -> None:
+        ucfg = self.listener.config.user(self.user)
+        password = ucfg.password if ucfg else None
+        if self._auth_plugin == "caching_sha2_password":
+            ok = password is not None and caching_sha2.verify_caching_sha2(response, password,
+                                                                          self._nonce)
+        else:
+            ok = password is not None and mysql_native.verify_native(response, password, self._nonce)
+        if not ok:
+            raise self._denied(response)
+        if self._auth_plugin == "caching_sha2_password":
+            self._auth_seq += 1
+            self.send(codec.encode_packet(
+                self._auth_seq, codec.build_auth_more_data(bytes((caching_sha2.FAST_AUTH_SUCCESS,)))))
+        self._accepted()
+
+    def _accepted(self) -> None:
+        self._login_step = "done"
+        self.pool = pool = self.listener.get_pool(*self._pool_key())
+        self.session_mode = pool.settings.pool_mode == "session"
+        if pool.server_params is not None:
+            self._finish_login()
+        else:
+            self.listener.spawn(self._validate_pool(pool))
 
     # ------------------------------------------------------------------ TLS
     def _on_ssl_request(self, rest: bytes) -> None:
@@ -184,30 +326,6 @@ class ClientLogin(ClientSession[ServerConnection]):
                 self.peer_certificate(), user):
             raise AuthFailed(f"Access denied for user '{user}': the client certificate's "
                              "common name is not the user name")
-
-    def _verify(self, response: bytes) -> None:
-        ucfg = self.listener.config.user(self.user)
-        password = ucfg.password if ucfg else None
-        if self._auth_plugin == "caching_sha2_password":
-            ok = password is not None and caching_sha2.verify_caching_sha2(response, password,
-                                                                          self._nonce)
-        else:
-            ok = password is not None and mysql_native.verify_native(response, password, self._nonce)
-        if not ok:
-            raise AuthFailed(f"Access denied for user '{self.user}'@'{self.peer.rsplit(':', 1)[0]}' "
-                             f"(using password: {'YES' if response else 'NO'})")
-        if self._auth_plugin == "caching_sha2_password":
-            self._auth_seq += 1
-            self.send(codec.encode_packet(
-                self._auth_seq, codec.build_auth_more_data(bytes((caching_sha2.FAST_AUTH_SUCCESS,)))))
-        self._login_step = "done"
-        variant = (self.caps & SEMANTIC_CAPS, self.charset)
-        self.pool = pool = self.listener.get_pool(self.database or "", self.user, variant)
-        self.session_mode = pool.settings.pool_mode == "session"
-        if pool.server_params is not None:
-            self._finish_login()
-        else:
-            self.listener.spawn(self._validate_pool(pool))
 
     async def _validate_pool(self, pool: Pool) -> None:
         """The first client of a pool: open a server now so a bad database or server password

@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from ..auth import caching_sha2, mysql_native
+from ..auth.credentials import Credential, NativeStage1
 from ..core.requests import FORWARD, PLAIN_BATCH, SWALLOW, SYNTHESIZE, Batch, Done, Step
 from ..core.server import ServerSession, connect_and_login
 from ..core.session import ClientSession
@@ -51,11 +52,11 @@ class ServerConnection(ServerSession):
     GOODBYE = codec.encode_packet(0, bytes((codec.COM_QUIT,)))
     IDLE_LIMIT_NAME = "wait_timeout"
 
-    def __init__(self, pool: Pool, user: str, password: str | None, dbname: str | None,
+    def __init__(self, pool: Pool, user: str, password: Credential | None, dbname: str | None,
                  caps: int, charset: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(pool, loop)
         self.user = user
-        self.password = password or ""
+        self.password: Credential = password or ""
         self.dbname = dbname
         self.want_caps = caps
         self.charset = charset
@@ -404,7 +405,7 @@ class ServerConnection(ServerSession):
                     continue  # OK follows
                 if data == bytes((caching_sha2.PERFORM_FULL_AUTH,)) and self.tls is not None:
                     # Inside TLS the password goes as is (what MySQL clients do).
-                    self.write(codec.encode_packet(seq + 1, self.password.encode() + b"\0"))
+                    self.write(codec.encode_packet(seq + 1, self._password(plugin).encode() + b"\0"))
                     continue
                 if data == bytes((caching_sha2.PERFORM_FULL_AUTH,)):
                     # No TLS: ask for the server's RSA public key, then send the password
@@ -413,7 +414,8 @@ class ServerConnection(ServerSession):
                     continue
                 if data.startswith(b"-----BEGIN"):
                     self.write(codec.encode_packet(
-                        seq + 1, caching_sha2.rsa_encrypt_password(self.password, nonce, data)))
+                        seq + 1, caching_sha2.rsa_encrypt_password(self._password(plugin), nonce,
+                                                                   data)))
                     continue
                 raise ServerLoginError("unexpected caching_sha2_password exchange")
             else:
@@ -426,14 +428,25 @@ class ServerConnection(ServerSession):
             self.names_default = f"NAMES {rows[0][0]} COLLATE {rows[0][1]}"
         self._reader = None
 
+    def _password(self, plugin: str) -> str:
+        password = self.password
+        if not isinstance(password, str):
+            raise ServerLoginError(
+                f"the server asks user {self.user!r} for {plugin}, but poolproxy only has the "
+                "mysql_native_password hash from auth.query", mysql_errno=1045,
+                mysql_sqlstate="28000", hint="use mysql_native_password for this user")
+        return password
+
     def _scramble(self, plugin: str, nonce: bytes) -> bytes:
         if plugin == "mysql_native_password":
-            return mysql_native.scramble_native(self.password, nonce)
+            if isinstance(self.password, NativeStage1):  # auth.query pass-through
+                return mysql_native.scramble_from_stage1(self.password.stage1, nonce)
+            return mysql_native.scramble_native(self._password(plugin), nonce)
         if plugin == "caching_sha2_password":
-            return caching_sha2.scramble_caching_sha2(self.password, nonce)
+            return caching_sha2.scramble_caching_sha2(self._password(plugin), nonce)
         if plugin == "mysql_clear_password":
             if self.tls is not None:
-                return self.password.encode() + b"\0"
+                return self._password(plugin).encode() + b"\0"
             raise ServerLoginError("server asks for a cleartext password over plain TCP; refused")
         raise ServerLoginError(f"server requested unsupported auth plugin {plugin!r}")
 
@@ -509,7 +522,7 @@ class ServerConnection(ServerSession):
         return sql
 
 
-async def open_server(pool: Pool, host: str, port: int, user: str, password: str | None,
+async def open_server(pool: Pool, host: str, port: int, user: str, password: Credential | None,
                       dbname: str | None, caps: int, charset: int,
                       connect_timeout: float, tls: Any = None) -> ServerConnection:
     loop = asyncio.get_running_loop()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..auth.credentials import Credential
+from ..config.model import AuthQuery
 from ..core.server import ServerSession
-from ..pool import Pool
+from ..core.session import borrow
+from ..pool import CloseReason, Pool
 from .client import ClientConnection
 from .server import ServerConnection, open_server, send_cancel
 
@@ -21,7 +24,7 @@ class PostgresAdapter:
         return ClientConnection(runtime)
 
     async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
-                          password: str | None, tls: ServerTls | None) -> ServerConnection:
+                          password: Credential | None, tls: ServerTls | None) -> ServerConnection:
         srv = runtime.config.server
         return await open_server(pool, srv.target, srv.port, user, password, dbname,
                                  pool.settings.server_connect_timeout, tls)
@@ -36,3 +39,18 @@ class PostgresAdapter:
 
     async def prepare(self, runtime: ListenerRuntime) -> None:
         return None
+
+    async def lookup_secret(self, runtime: ListenerRuntime, query: AuthQuery, dbname: str,
+                            user: str) -> str | None:
+        pool = runtime.get_pool(dbname, query.user)
+        server = await borrow(pool, runtime.loop)
+        try:
+            rows = await server.query_params(query.query, [user])
+        except BaseException:
+            pool.discard(server, CloseReason.CHECK_FAILED)
+            raise
+        if server.reusable():
+            pool.checkin(server)
+        else:
+            pool.discard(server, CloseReason.NOT_CLEAN)
+        return rows[0][1] if rows and len(rows[0]) > 1 else None

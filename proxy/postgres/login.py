@@ -7,6 +7,8 @@ adds the hot path once the client is logged in.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 from .. import tls
 from ..auth import md5 as md5auth
 from ..auth import scram
+from ..auth.credentials import ScramKeys
 from ..core.reasons import ClientResult, DisconnectReason
 from ..core.session import ClientSession
 from ..errors import (
@@ -21,6 +24,7 @@ from ..errors import (
     FeatureNotSupported,
     ProtocolViolation,
     ProxyError,
+    ServerLoginError,
     ShuttingDown,
     TooManyConnections,
     UnknownDatabase,
@@ -42,6 +46,15 @@ log = logging.getLogger("poolproxy.postgres.client")
 _IGNORED_STARTUP = frozenset(("extra_float_digits",))
 
 
+def _is_loopback(peer: str) -> bool:
+    """A client on this host (passthrough's cleartext password stays on the machine)."""
+    host = peer.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ClientLogin(ClientSession[ServerConnection]):
     """A PostgreSQL client until it is logged in (and the admin console's sessions)."""
 
@@ -58,6 +71,10 @@ class ClientLogin(ClientSession[ServerConnection]):
         self._scram: scram.ScramServer | None = None
         self._md5_salt = b""
         self._password: str | None = None
+        #: auth.query: the secret's md5 hash or SCRAM verifier (or plaintext password).
+        self._md5_secret: str | None = None
+        self._looked_up: scram.ScramVerifier | None = None
+        self._looked_up_password: str | None = None
         self._startup_params: dict[str, str] = {}
         self._console: ConsoleBridge | None = None
         self._direct_tls = False
@@ -244,24 +261,116 @@ class ClientLogin(ClientSession[ServerConnection]):
             self._startup_params[name] = value
         ucfg = cfg.user(user)
         self._password = ucfg.password if ucfg else None
-        auth = cfg.auth_type
         self._reader = codec.MessageReader(max_message=1 << 16)
+        if cfg.auth_type == "passthrough":
+            self._ask_cleartext()
+        elif ucfg is None and cfg.auth_query is not None:
+            # Not listed: its secret comes from the database (auth.query).
+            lst.spawn(self._lookup_then_auth(user))
+        else:
+            self._challenge(None)
+
+    def _challenge(self, secret: str | None) -> None:
+        """Ask for the listener's kind of proof. `secret`: from auth.query (a SCRAM or md5
+        secret; None: the user is listed, or unknown). With a secret, its kind decides."""
+        lst = self.listener
+        auth = lst.config.auth_type
+        if secret is not None and secret.startswith("md5"):
+            auth = "md5"
+        elif secret is not None:
+            auth = "scram-sha-256"
         if auth == "trust":
             # Trust still means "a configured user": we need its password to log in upstream,
             # and an unlisted name must not become a server login attempt.
-            if ucfg is None:
-                raise AuthFailed(f'password authentication failed for user "{user}"',
+            if lst.config.user(self.user) is None:
+                raise AuthFailed(f'password authentication failed for user "{self.user}"',
                                  hint="the user is not configured on this poolproxy listener")
             self._auth_ok()
         elif auth == "md5":
             self._md5_salt = os.urandom(4)
+            self._md5_secret = secret
             self._auth_step = "md5"
             self.send(codec.auth_request(codec.AUTH_MD5, self._md5_salt))
         else:
-            verifier = lst.scram_verifier(user, self._password)
+            verifier = self._scram_verifier(secret)
             self._scram = scram.ScramServer(verifier)
             self._auth_step = "sasl-first"
             self.send(codec.auth_sasl([scram.MECHANISM]))
+
+    def _scram_verifier(self, secret: str | None) -> scram.ScramVerifier:
+        if secret is None:
+            return self.listener.scram_verifier(self.user, self._password)
+        try:
+            verifier = scram.parse_verifier(secret)
+        except (scram.ScramError, ValueError):
+            # A plaintext password in the database (very old setups): derive the verifier.
+            verifier = self.listener.scram_verifier(self.user, secret)
+            self._looked_up_password = secret
+        else:
+            self._looked_up = verifier
+        return verifier
+
+    async def _lookup_then_auth(self, user: str) -> None:
+        try:
+            secret = await self.listener.lookup_secret(user, self.database)
+        except ProxyError as exc:
+            self._refuse_login(ServerLoginError(
+                f"cannot look up user \"{user}\" (auth.query): {exc.message}",
+                sqlstate="08006", hint="check auth.user, auth.dbname and auth.query"))
+            return
+        except TimeoutError:
+            self._refuse_login(ServerLoginError(
+                f"cannot look up user \"{user}\" (auth.query): no server connection in time"))
+            return
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            self._challenge(secret)
+        except ProxyError as exc:
+            self._refuse_login(exc)
+
+    # ------------------------------------------------------------------ passthrough
+    def _ask_cleartext(self) -> None:
+        lst = self.listener
+        if self.tls is None and not lst.config.allow_plaintext_passthrough \
+                and not _is_loopback(self.peer):
+            raise AuthFailed(
+                "passthrough authentication sends the password in cleartext: this listener "
+                "takes it only over TLS or from this host", sqlstate="28000",
+                hint="connect with sslmode=require, or set auth.allow_plaintext_passthrough")
+        self._auth_step = "password"
+        self.send(codec.auth_request(codec.AUTH_CLEARTEXT))
+
+    def _on_password(self, password: str) -> None:
+        """passthrough: a listed user's password, or the one a server accepted before
+        (verifier), passes at once; anything else is tried on a server login first."""
+        lst = self.listener
+        fail = AuthFailed(f'password authentication failed for user "{self.user}"')
+        if self._password is not None:
+            if not hmac.compare_digest(self._password.encode(), password.encode()):
+                raise fail
+            self._auth_ok()
+            return
+        if lst.passthrough_matches(self.user, password):
+            self._auth_ok()
+            return
+        self._auth_step = None
+        lst.spawn(self._validate_password(password))
+
+    async def _validate_password(self, password: str) -> None:
+        lst = self.listener
+        try:
+            ok = await lst.validate_password(lst.get_pool(self.database, self.user), password)
+        except ProxyError as exc:
+            self._refuse_login(exc)
+            return
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not ok:
+            self._refuse_login(AuthFailed(
+                f'password authentication failed for user "{self.user}"'))
+            return
+        self._auth_ok()
 
     def _parse_options(self, options: str) -> None:
         tokens = options.split()
@@ -287,10 +396,18 @@ class ClientLogin(ClientSession[ServerConnection]):
     def _on_auth_message(self, body: bytes) -> None:
         step = self._auth_step
         fail = AuthFailed(f'password authentication failed for user "{self.user}"')
-        if step == "md5":
+        if step == "password":
+            self._on_password(body.rstrip(b"\x00").decode("utf-8", "surrogateescape"))
+        elif step == "md5":
             response = body.rstrip(b"\x00")
-            if not self._password or not md5auth.verify_md5(response, self.user, self._password,
-                                                            self._md5_salt):
+            secret = self._md5_secret
+            if secret is not None:  # auth.query's md5 hash
+                if not md5auth.verify_md5_hash(response, secret, self._md5_salt):
+                    self._failed_lookup()
+                    raise fail
+                self.listener.learn(self.user, secret)
+            elif not self._password or not md5auth.verify_md5(response, self.user,
+                                                              self._password, self._md5_salt):
                 raise fail
             self._auth_ok()
         elif step == "sasl-first":
@@ -309,13 +426,28 @@ class ClientLogin(ClientSession[ServerConnection]):
             try:
                 reply = self._scram.handle_client_final(body)
             except scram.ScramError:
+                self._failed_lookup()
                 raise fail from None
-            if self._password is None:  # unknown user: mock verifier cannot succeed, but be sure
+            looked_up = self._looked_up
+            if looked_up is not None:  # auth.query: log in to servers with the proof's key
+                client_key = self._scram.client_key
+                assert client_key is not None
+                self.listener.learn(self.user, ScramKeys(client_key, looked_up.server_key,
+                                                         looked_up.salt, looked_up.iterations))
+            elif self._looked_up_password is not None:
+                self.listener.learn(self.user, self._looked_up_password)
+            elif self._password is None:  # unknown user: the mock verifier cannot succeed
                 raise fail
             self.send(codec.auth_request(codec.AUTH_SASL_FINAL, reply))
             self._auth_ok()
         else:
             raise ProtocolViolation("unexpected password message")
+
+    def _failed_lookup(self) -> None:
+        """A failed login of a looked-up user: look the secret up afresh next time (the
+        password may just have changed)."""
+        if self.listener.config.user(self.user) is None:
+            self.listener.forget_secret(self.user)
 
     def _auth_ok(self) -> None:
         self._auth_step = None

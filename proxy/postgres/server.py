@@ -15,6 +15,7 @@ from typing import Any
 
 from ..auth import md5 as md5auth
 from ..auth import scram
+from ..auth.credentials import Credential, ScramKeys
 from ..core.requests import REPLACE, RESULT, SWALLOW
 from ..core.server import ServerSession, connect_and_login, open_transport
 from ..core.session import ClientSession
@@ -86,7 +87,7 @@ class ServerConnection(ServerSession):
     GOODBYE = codec.TERMINATE
     IDLE_LIMIT_NAME = "idle_session_timeout"
 
-    def __init__(self, pool: Pool, user: str, password: str | None, dbname: str,
+    def __init__(self, pool: Pool, user: str, password: Credential | None, dbname: str,
                  loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(pool, loop)
         self.user = user
@@ -474,7 +475,12 @@ class ServerConnection(ServerSession):
                     mechs = codec.parse_sasl_mechanisms(data)
                     if scram.MECHANISM not in mechs:
                         raise ServerLoginError(f"server offers unsupported SASL mechanisms {mechs}")
-                    scram_client = scram.ScramClient(self._need_password())
+                    keys = self.password
+                    if isinstance(keys, ScramKeys):  # auth.query: SCRAM pass-through
+                        scram_client = scram.ScramClient.from_keys(
+                            keys.client_key, keys.server_key, keys.salt, keys.iterations)
+                    else:
+                        scram_client = scram.ScramClient(self._need_password())
                     self.write(codec.sasl_initial_response(scram.MECHANISM,
                                                            scram_client.client_first()))
                 elif code == codec.AUTH_SASL_CONTINUE and scram_client is not None:
@@ -516,6 +522,11 @@ class ServerConnection(ServerSession):
             # NoticeResponse and anything else during login: ignore.
 
     def _need_password(self) -> str:
+        if not isinstance(self.password, str | None):
+            raise ServerLoginError(
+                f"the server asks user {self.user!r} for a password, but poolproxy only has "
+                f"{self.password!r} from auth.query", sqlstate="28P01",
+                hint="use scram-sha-256 for this user in the database's pg_hba.conf")
         if not self.password:
             raise ServerLoginError(
                 f"server asks a password for user {self.user!r} but none is configured",
@@ -616,7 +627,7 @@ def _data_row(body: bytes) -> list[str | None]:
     return out
 
 
-async def open_server(pool: Pool, host: str, port: int, user: str, password: str | None,
+async def open_server(pool: Pool, host: str, port: int, user: str, password: Credential | None,
                       dbname: str, connect_timeout: float, tls: Any = None) -> ServerConnection:
     """Connect and log in; raise ServerUnavailable / ServerLoginError on failure. `tls`:
     (context, required, server_hostname) to ask for TLS first."""

@@ -98,6 +98,12 @@ def proxy(tls_pg: PgServer, tls_maria: MariaDbServer, pki: Pki, proxy_certs: Pat
                     server_tls=server_tls(pki, server_name="db.example.invalid")),
         mysql_listener(tls_maria, name="my_wrong_ca", users=MY_TLS_USERS, pool_size=1,
                        server_tls={"mode": "verify-ca", "ca_file": str(pki.other_ca)}),
+        # passthrough inside TLS: no users at all in the config
+        pg_listener(tls_pg, name="pg_pass", users=[], auth={"type": "passthrough"},
+                    pool_size=1, server_tls=server_tls(pki), client_tls=client_tls(proxy_certs)),
+        mysql_listener(tls_maria, name="my_pass", users=[], auth={"type": "passthrough"},
+                       pool_size=1, server_tls=server_tls(pki),
+                       client_tls=client_tls(proxy_certs)),
         admin_users=[TLS_USER],
     )
     proc = ProxyProcess(config, tmp_path_factory.mktemp("tls_proxy"))
@@ -408,3 +414,62 @@ def test_mysql_wrong_server_ca_named(proxy: ProxyProcess, pki: Pki) -> None:
     conn = pymysql.connect(host="localhost", port=proxy.port("mysql"), user=MY_TLS_USER,
                            password=MY_TLS_PASSWORD, database="app", ssl=my_ssl(pki))
     conn.close()
+
+
+# --------------------------------------------------------------------------- passthrough in TLS
+
+
+def test_passthrough_inside_tls_both_protocols(proxy: ProxyProcess, pki: Pki) -> None:
+    """No user in the config: the client's password (inside TLS) logs in to the TLS-only
+    users; MySQL clients send it through caching_sha2_password's full authentication."""
+    for _ in range(2):  # the second login is checked against the cached verifier
+        with psycopg.connect(pg_dsn(proxy, pki, "pg_pass")) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (TLS_USER,)
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(pg_dsn(proxy, pki, "pg_pass").replace(TLS_PASSWORD, "wrong"))
+    assert "password authentication failed" in str(info.value)
+    for _ in range(2):
+        conn = pymysql.connect(host="localhost", port=proxy.port("my_pass"), user=MY_TLS_USER,
+                               password=MY_TLS_PASSWORD, database="app", ssl_ca=str(pki.ca),
+                               ssl_verify_identity=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT CURRENT_USER()")
+                assert cur.fetchone()[0].startswith(MY_TLS_USER + "@")
+        finally:
+            conn.close()
+    with pytest.raises(pymysql.err.OperationalError) as my_info:
+        pymysql.connect(host="localhost", port=proxy.port("my_pass"), user=MY_TLS_USER,
+                        password="wrong", database="app", ssl_ca=str(pki.ca))
+    assert my_info.value.args[0] == 1045
+
+
+def test_check_reports_unreadable_tls_files(pki: Pki, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = make_config(pg_listener(
+        _FakeServer(),  # type: ignore[arg-type]  # --check needs no server
+        users=PG_TLS_USERS,
+        client_tls={"mode": "require", "cert_file": str(tmp_path / "missing.crt"),
+                    "key_file": str(pki.server.key)},
+        server_tls={"mode": "verify-full", "ca_file": str(pki.ca)}))
+    path = tmp_path / "poolproxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "proxy", "-c", str(path), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "listeners[pg].client_tls.cert_file" in result.stdout
+    assert "missing.crt" in result.stdout
+    # and the daemon refuses to start with it, naming the key
+    proc = subprocess.run([sys.executable, "-m", "proxy", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "client_tls.cert_file" in proc.stderr + proc.stdout
+
+
+class _FakeServer:
+    host = "127.0.0.1"
+    port = 5432

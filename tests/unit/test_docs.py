@@ -418,7 +418,8 @@ def live_exposition() -> str:
     runtime = types.SimpleNamespace(
         name="pg", pools={("app", "app"): pool},
         clients={_Client(pool, ClientState.ACTIVE, "set")},
-        client_results={"accepted": 1}, pins={"set": 1}, disconnects={"client_close": 1})
+        client_results={"accepted": 1}, pins={"set": 1}, disconnects={"client_close": 1},
+        tls_handshakes={("client", "ok"): 1})
     registry = CollectorRegistry()
     registry.register(PoolproxyCollector(lambda: [runtime]))  # type: ignore[list-item]
     return generate_latest(registry).decode()
