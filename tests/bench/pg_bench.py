@@ -12,6 +12,12 @@ time per 1000 transactions. Every process it started is stopped on exit, Ctrl-C 
 once, every binary is a target of its own, named after its version (``pgbouncer-1.18``,
 ``pgbouncer-1.25``), in the same interleaved rounds.
 
+``--client-tls`` makes every client leg TLS (``sslmode=require``): PostgreSQL itself (direct),
+PgBouncer (``client_tls_sslmode = require``) and poolproxy (``client_tls: require``) present a
+certificate made at run time; the server legs stay plain text. ``--tls-storm`` instead measures
+whether TLS handshakes block the event loop: a steady client's query latency through poolproxy
+while 200 new TLS connections arrive at once, against the same client with no storm.
+
 ``--metrics-cost`` runs a different experiment instead: poolproxy with its admin HTTP server off
 against poolproxy whose /metrics is scraped every second, alternating for ``--repeat`` rounds,
 with the cost of metrics in tps. See tests/bench/README.md.
@@ -69,6 +75,7 @@ from common import (  # noqa: E402
     workers_note,
 )
 
+from tests.harness.certs import make_pki  # noqa: E402
 from tests.harness.pgserver import (  # noqa: E402
     PgServer,
     ServiceUser,
@@ -245,7 +252,7 @@ class PgBouncer(ChildProcess):
     """PgBouncer in transaction mode in front of ``pg``, configured from a generated ini file."""
 
     def __init__(self, workdir: Path, pg: PgServer, pool_size: int, secret: str,
-                 build: BouncerBuild) -> None:
+                 build: BouncerBuild, tls: tuple[Path, Path] | None = None) -> None:
         self.build = build
         # PgBouncer refuses to run as root; run it as the account the harness runs PostgreSQL as.
         self.user: ServiceUser | None = service_user("postgres")
@@ -257,6 +264,11 @@ class PgBouncer(ChildProcess):
         # auth_file takes a plain-text password (then PgBouncer runs PBKDF2 for every client
         # login) or the server's SCRAM verifier (then it needs none: the production set-up).
         self._write(userlist, f'"{APP_USER}" "{secret}"\n', 0o600)
+        if tls is not None:  # its own copies: PgBouncer runs as another user
+            cert, key = self.workdir / "server.crt", self.workdir / "server.key"
+            self._write(cert, tls[0].read_text(), 0o644)
+            self._write(key, tls[1].read_text(), 0o600)
+            tls = (cert, key)
         self._write(self.ini, "\n".join([
             "[databases]",
             f"{DBNAME} = host={pg.host} port={pg.port} dbname={DBNAME}",
@@ -271,7 +283,8 @@ class PgBouncer(ChildProcess):
             "auth_type = scram-sha-256",
             f"auth_file = {userlist}",
             "server_tls_sslmode = disable",
-            "client_tls_sslmode = disable",
+            *(["client_tls_sslmode = require", f"client_tls_cert_file = {tls[0]}",
+               f"client_tls_key_file = {tls[1]}"] if tls else ["client_tls_sslmode = disable"]),
             f"logfile = {self.logfile}",
             # poolproxy runs at log level warning: keep PgBouncer's per-connection logging off
             # too, so that neither pays for log lines in the -C runs.
@@ -327,9 +340,12 @@ class PgBouncer(ChildProcess):
 
 
 def pg_poolproxy(workdir: Path, pg: PgServer, pool_size: int, admin: bool = False,
-                 workers: int = 1) -> Poolproxy:
+                 workers: int = 1, tls: tuple[Path, Path] | None = None) -> Poolproxy:
     """poolproxy with one PostgreSQL listener ("pg") for app in front of ``pg``."""
     listener = pg_listener(pg, name="pg", users=[{"name": APP_USER, "password": APP_PASSWORD}])
+    if tls is not None:
+        listener["client_tls"] = {"mode": "require", "cert_file": str(tls[0]),
+                                  "key_file": str(tls[1])}
     return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers)
 
 
@@ -353,10 +369,14 @@ def pgbench_binary() -> str:
     return found
 
 
+#: libpq's sslmode for the benchmark's clients (--client-tls: require).
+SSLMODE = "disable"
+
+
 def client_env(password: str | None) -> dict[str, str]:
     """Our environment without libpq variables that could redirect pgbench, plus fixed ones."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(LC_ALL="C", PGSSLMODE="disable", PGGSSENCMODE="disable", PGCONNECT_TIMEOUT="10")
+    env.update(LC_ALL="C", PGSSLMODE=SSLMODE, PGGSSENCMODE="disable", PGCONNECT_TIMEOUT="10")
     if password is not None:
         env["PGPASSWORD"] = password
     return env
@@ -528,6 +548,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="what PgBouncer's userlist.txt holds for app: the plain password "
                              "(default) or the server's SCRAM verifier")
     add_metrics_cost_args(parser)
+    parser.add_argument("--client-tls", action="store_true",
+                        help="clients connect with sslmode=require to every target")
+    parser.add_argument("--tls-storm", action="store_true",
+                        help="measure a steady client's latency during a 200-connection TLS "
+                             "storm through poolproxy (instead of pgbench)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work dir (data dir, configs, logs) afterwards")
@@ -552,15 +577,20 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
     if builds and args.pgbouncer_secret == "scram":
         secret = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
                             (APP_USER,))[0][0]
+    tls_files = None
+    if args.client_tls:
+        assert pg.pki is not None
+        tls_files = (pg.pki.server.cert, pg.pki.server.key)
     for build in builds:
         bouncer = PgBouncer(workdir / build.label.replace("#", "-"), pg, args.pool_size, secret,
-                            build)
+                            build, tls=tls_files)
         cleanup.add(build.label, bouncer.stop)
         bouncer.start()
         print(f"{build.label}: {build.path} ({build.version}) on 127.0.0.1:{bouncer.port}",
               flush=True)
         poolers[build.label] = bouncer
-    proxy = pg_poolproxy(workdir / "poolproxy", pg, args.pool_size, workers=args.workers)
+    proxy = pg_poolproxy(workdir / "poolproxy", pg, args.pool_size, workers=args.workers,
+                         tls=tls_files)
     cleanup.add("poolproxy", proxy.stop)
     proxy.start()
     poolers["poolproxy"] = proxy
@@ -637,6 +667,93 @@ def metrics_cost(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: 
     return results, cost_runs
 
 
+def tls_storm(args: argparse.Namespace, pg: PgServer, workdir: Path, cleanup: Cleanup,
+              builds: list[BouncerBuild]) -> int:
+    """A steady client's latency (SELECT 1 every 5 ms) through each pooler while 200 clients
+    connect with TLS at once, against the same client without the storm, alternating."""
+    import asyncio
+    import ssl as ssl_mod
+
+    import asyncpg
+
+    pki = pg.pki
+    assert pki is not None
+    files = (pki.server.cert, pki.server.key)
+    poolers: dict[str, Pooler] = {}
+    for build in builds:
+        bouncer = PgBouncer(workdir / build.label.replace("#", "-"), pg, args.pool_size,
+                            APP_PASSWORD, build, tls=files)
+        cleanup.add(build.label, bouncer.stop)
+        bouncer.start()
+        poolers[build.label] = bouncer
+    proxy = pg_poolproxy(workdir / "poolproxy", pg, args.pool_size, tls=files)
+    cleanup.add("poolproxy", proxy.stop)
+    proxy.start()
+    poolers["poolproxy"] = proxy
+    ctx = ssl_mod.create_default_context(cafile=str(pki.ca))
+    ctx.check_hostname = False
+    # The storm runs in a process of its own, so that its 200 client-side handshakes do not
+    # stall the steady client's event loop: what is measured is the pooler's.
+    storm_code = (
+        "import asyncio, ssl, sys, time, asyncpg\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[1]); ctx.check_hostname = False\n"
+        "async def main():\n"
+        "    t0 = time.perf_counter()\n"
+        "    rs = await asyncio.gather(*(asyncpg.connect(host='127.0.0.1', port=int(sys.argv[2]),"
+        " user=sys.argv[3], password=sys.argv[4], database=sys.argv[5], ssl=ctx)"
+        " for _ in range(int(sys.argv[6]))), return_exceptions=True)\n"
+        "    took = time.perf_counter() - t0\n"
+        "    ok = [c for c in rs if not isinstance(c, BaseException)]\n"
+        "    await asyncio.gather(*(c.close() for c in ok))\n"
+        "    print(len(ok), took)\n"
+        "asyncio.run(main())\n")
+
+    def storm_process(port: int, n: int) -> tuple[int, float]:
+        out = subprocess.run([sys.executable, "-c", storm_code, str(pki.ca), str(port),
+                              APP_USER, APP_PASSWORD, DBNAME, str(n)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        ok, took = out.split()
+        return int(ok), float(took)
+
+    async def steady(port: int, seconds: float) -> list[float]:
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user=APP_USER,
+                                     password=APP_PASSWORD, database=DBNAME, ssl=ctx)
+        out: list[float] = []
+        try:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                await conn.fetchval("SELECT 1")
+                out.append((time.perf_counter() - t0) * 1000)
+                await asyncio.sleep(0.005)
+        finally:
+            await conn.close()
+        return out
+
+    def pct(values: list[float], q: float) -> float:
+        values = sorted(values)
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    async def main() -> None:
+        print("| pooler | round | storm | queries | p50 ms | p99 ms | max ms | storm connects |")
+        print("|---|---|---|---|---|---|---|---|")
+        for round_no in range(1, args.rounds + 1):
+            for name, pooler in poolers.items():
+                quiet = await steady(pooler.port, 3.0)
+                print(f"| {name} | {round_no} | none | {len(quiet)} | {pct(quiet, 0.5):.2f} |"
+                      f" {pct(quiet, 0.99):.2f} | {max(quiet):.2f} | - |", flush=True)
+                steady_task = asyncio.ensure_future(steady(pooler.port, 3.0))
+                await asyncio.sleep(0.5)
+                ok, took = await asyncio.to_thread(storm_process, pooler.port, 200)
+                noisy = await steady_task
+                print(f"| {name} | {round_no} | 200 TLS | {len(noisy)} | {pct(noisy, 0.5):.2f} |"
+                      f" {pct(noisy, 0.99):.2f} | {max(noisy):.2f} | {ok}/200 in {took:.2f} s |",
+                      flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
 def warm_up(args: argparse.Namespace, pgbench: str, pg: PgServer) -> None:
     if args.warmup > 0:
         print(f"warm-up: {args.warmup}s of direct -S ...", flush=True)
@@ -654,11 +771,18 @@ def main(argv: list[str] | None = None) -> int:
     workdir = make_workdir("pp-bench-", args.keep, cleanup)
     try:
         print(f"starting PostgreSQL in {workdir} ...", flush=True)
-        pg = PgServer.create(workdir)
+        pki = None
+        if args.client_tls or args.tls_storm:
+            global SSLMODE
+            SSLMODE = "require"
+            pki = make_pki(workdir / "pki")
+        pg = PgServer.create(workdir, tls=pki)
         cleanup.add("PostgreSQL", lambda: pg.stop("fast"))
         pg_version = pg.execute("SHOW server_version")[0][0]
         init_pgbench_tables(pg, pgbench, args.scale, workdir)
 
+        if args.tls_storm:
+            return tls_storm(args, pg, workdir, cleanup, builds)
         cost_runs: list[CostRun] = []
         if args.metrics_cost:
             results, cost_runs = metrics_cost(args, pgbench, pg, workdir, cleanup)

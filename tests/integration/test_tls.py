@@ -473,3 +473,29 @@ def test_check_reports_unreadable_tls_files(pki: Pki, tmp_path: Path) -> None:
 class _FakeServer:
     host = "127.0.0.1"
     port = 5432
+
+
+def test_stalled_handshake_bounded_by_client_login_timeout(tls_pg: PgServer, pki: Pki,
+                                                           proxy_certs: Path,
+                                                           tmp_path: Path) -> None:
+    config = make_config(pg_listener(tls_pg, users=PG_TLS_USERS, client_login_timeout="1s",
+                                     client_tls=client_tls(proxy_certs, "prefer"),
+                                     server_tls=server_tls(pki)))
+    with ProxyProcess(config, tmp_path / "proxy") as proc:
+        port = proc.port("pg")
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(struct.pack("!II", 8, 80877103))
+        assert sock.recv(1) == b"S"
+        # ... then silence, in the middle of the handshake: closed after ~1 s
+        started = time.monotonic()
+        sock.settimeout(10)
+        try:
+            assert sock.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 5
+        sock.close()
+        # a plaintext client of this prefer listener works (the server leg is TLS)
+        with psycopg.connect(pg_dsn(proc, pki, sslmode="disable")) as conn:
+            assert conn.execute("SELECT 7").fetchone() == (7,)
+        assert "login_timeout" in proc.log_text()
