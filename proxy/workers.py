@@ -165,6 +165,7 @@ def bind_listeners(config: Config, count: int) -> dict[str, list[socket.socket]]
     win every accept race, which piles clients onto one worker). The supervisor keeps them
     open, so connections that arrive while a worker restarts wait in its socket's queue."""
     socks: dict[str, list[socket.socket]] = {}
+    lst = None
     try:
         for lst in config.listeners:
             host = lst.listen_host
@@ -178,11 +179,16 @@ def bind_listeners(config: Config, count: int) -> dict[str, list[socket.socket]]
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.set_inheritable(True)
                 group.append(sock)
-    except OSError:
+    except OSError as exc:
         for group in socks.values():
             for sock in group:
                 sock.close()
-        raise
+        if lst is None:
+            raise
+        # Name the listener and address, as a single process does (daemon.StartupError).
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, f"listener {lst.name} ({lst.protocol}) cannot listen on "
+                                 f"{lst.listen_address}: {reason}") from exc
     return socks
 
 
@@ -361,5 +367,5 @@ def run_supervisor(config: Config) -> int:
     try:
         return asyncio.run(supervisor.run())
     except OSError as exc:
-        log.error("cannot start: %s", exc)
+        log.error("cannot start: %s", exc.strerror or exc)
         return 1

@@ -102,13 +102,17 @@ def test_started_is_logged_after_every_listener_is_bound(tmp_path: Path, reachab
         proxy.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_listen_address_in_use_exits_1_naming_listener_and_address(
-    tmp_path: Path, occupied: int, reachable: int
+    tmp_path: Path, occupied: int, reachable: int, workers: int
 ) -> None:
     server = {"host": "127.0.0.1", "port": reachable}
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config(listener("first", "postgres", free_port(), server),
-                                          listener("second", "mysql", occupied, server))))
+    cfg = config(listener("first", "postgres", free_port(), server),
+                 listener("second", "mysql", occupied, server))
+    if workers > 1:
+        cfg["workers"] = workers  # the supervisor binds for its workers
+    path.write_text(yaml.safe_dump(cfg))
     result = run_cli("-c", str(path), cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
