@@ -51,6 +51,12 @@ class ClientSession(asyncio.Protocol, Generic[S]):
     """Base of an application connection: the client half of the link, its states, and what
     happens when its server dies or it leaves."""
 
+    __slots__ = ("_backpressured", "_broken", "_buffer", "_login_timer", "_paused", "_retries",
+                 "_throttled", "_tls_handshake", "disconnect_reason", "idle_since", "key",
+                 "listener", "loop", "outbox", "peer", "pending", "pinned", "pool", "server",
+                 "session_mode", "state", "tls", "transport", "user", "wait_started",
+                 "xact_started")
+
     #: Buffered while waiting for a server: what the protocol's `_send_buffered` takes.
     _buffer: list[Any]
 

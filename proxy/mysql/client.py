@@ -76,6 +76,10 @@ _LAST_ROW_SENT = codec.SERVER_STATUS_LAST_ROW_SENT
 class ClientConnection(ClientLogin):
     """One application connection to a MySQL listener."""
 
+    __slots__ = ("_analysis", "_autocommit_off", "_cursors", "_executing", "_init_db",
+                 "_last_sql", "_lost_in_tx", "_lost_outcome", "_lost_words", "_lost_wrote",
+                 "_preparing", "_resetting", "_stalled", "infile", "statements", "vars")
+
     _buffer: list[tuple[int, bytes]]
 
     def __init__(self, listener: Any) -> None:

@@ -73,6 +73,9 @@ def _nonce() -> bytes:
 class ClientLogin(ClientSession[ServerConnection]):
     """A MySQL client until it is logged in."""
 
+    __slots__ = ("_auth_plugin", "_auth_seq", "_login_step", "_nonce", "_offered", "_reader",
+                 "caps", "charset", "conn_id", "database", "schema")
+
     def __init__(self, listener: ListenerRuntime) -> None:
         super().__init__(listener)
         self.database: str | None = None

@@ -57,6 +57,10 @@ _MISSING: Any = object()
 class ClientConnection(ClientLogin):
     """One application connection to a PostgreSQL listener."""
 
+    __slots__ = ("_buffered", "_buffered_syncs", "_early_copy_ends", "_error_sent", "_framer",
+                 "_last", "_lost_reply", "_routed", "_routed_for", "copy_mode", "param_sig",
+                 "router", "scanner", "syncs_since_exec", "unsynced")
+
     _buffer: list[Any]
 
     def __init__(self, listener: Any) -> None:

@@ -64,6 +64,17 @@ class ProtocolError(ValueError):
 # --------------------------------------------------------------------------- framing
 
 
+#: Scanners are made per connection with a few constant arguments: share what they keep, so an
+#: idle connection does not hold its own copies.
+_SETS: dict[frozenset[int], frozenset[int]] = {}
+_KEEP: dict[tuple[tuple[int, int], ...], dict[int, int]] = {}
+
+
+def _shared_set(values: Iterable[int]) -> frozenset[int]:
+    found = frozenset(values)
+    return _SETS.setdefault(found, found)
+
+
 class MessageScanner:
     """Walks typed messages (`type byte + int32 length + body`) across arbitrary chunking.
 
@@ -84,14 +95,19 @@ class MessageScanner:
     def __init__(self, interesting: Iterable[int], keep_body: Iterable[int] | Mapping[int, int] = (),
                  max_body: int = 1 << 20, max_message: int = MAX_MESSAGE,
                  transparent: Iterable[int] = ()) -> None:
-        self.interesting = frozenset(interesting)
+        self.interesting = _shared_set(interesting)
         #: Message types that do not update `last` (the frontend's Flush asks for output but
         #: changes nothing about what the client has synced; Terminate ends the stream, and
         #: what came before it still decides whether a batch was left unsynced).
-        self.transparent = frozenset(transparent)
-        #: Types whose bodies are kept, and how many bytes of each at most.
-        self.keep_body: dict[int, int] = (
-            dict(keep_body) if isinstance(keep_body, Mapping) else dict.fromkeys(keep_body, max_body))
+        self.transparent = _shared_set(transparent)
+        #: Types whose bodies are kept, and how many bytes of each at most (read-only: one
+        #: mapping is shared by every scanner made with the same arguments).
+        keep = tuple(sorted(keep_body.items() if isinstance(keep_body, Mapping)
+                            else dict.fromkeys(keep_body, max_body).items()))
+        shared = _KEEP.get(keep)
+        if shared is None:
+            shared = _KEEP[keep] = dict(keep)
+        self.keep_body: dict[int, int] = shared
         self.max_body = max_body
         self.max_message = max_message
         self._skip = 0  # bytes of an uninteresting message body still to pass over

@@ -58,6 +58,10 @@ def _is_loopback(peer: str) -> bool:
 class ClientLogin(ClientSession[ServerConnection]):
     """A PostgreSQL client until it is logged in (and the admin console's sessions)."""
 
+    __slots__ = ("_auth_step", "_console", "_direct_tls", "_looked_up", "_looked_up_password",
+                 "_md5_salt", "_md5_secret", "_password", "_reader", "_scram", "_startup",
+                 "_startup_params", "_tracked", "database", "params", "statement_mode")
+
     def __init__(self, listener: ListenerRuntime) -> None:
         super().__init__(listener)
         self.database = ""

@@ -22,12 +22,19 @@ def canonical_param(name: str) -> str | None:
     return _CANONICAL.get(name.lower())
 
 
+_ALL_TRACKED: frozenset[str] = frozenset(_CANONICAL)
+#: One set per distinct answer (servers report the same parameters): clients share them.
+_TRACKED: dict[frozenset[str], frozenset[str]] = {}
+
+
 def tracked_lower(reported: Mapping[str, str] | None = None) -> frozenset[str]:
     """Lower-case names whose SET is safe in transaction mode (see statements.classify): the
-    replayable parameters, limited to those the server reports when `reported` is given."""
+    replayable parameters, limited to those the server reports when `reported` is given.
+    The result is shared (every idle client keeps one)."""
     if reported is None:
-        return frozenset(_CANONICAL)
-    return frozenset(name.lower() for name in SYNC_PARAMS if name in reported)
+        return _ALL_TRACKED
+    found = frozenset(name.lower() for name in SYNC_PARAMS if name in reported)
+    return _TRACKED.setdefault(found, found)
 
 
 def _literal(value: str) -> str:
