@@ -109,6 +109,18 @@ class ListenerRuntime:
         self.learnt: dict[str, Credential] = {}
         self._passthrough: dict[str, PasswordVerifier] = {}
         self._secrets: dict[str, tuple[str | None, float]] = {}
+        self._shared_params: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
+
+    def shared(self, params: dict[str, str]) -> dict[str, str]:
+        """One dict for every client with the same parameters (read-only for them: a change
+        copies). Most idle clients have their pool's parameters exactly."""
+        key = frozenset(params.items())
+        found = self._shared_params.get(key)
+        if found is None:
+            if len(self._shared_params) >= 1024:  # many distinct sets: stop sharing new ones
+                return params
+            found = self._shared_params[key] = params
+        return found
 
     # ------------------------------------------------------------------ auth from the database
     async def lookup_secret(self, user: str, database: str) -> str | None:

@@ -392,7 +392,9 @@ class ClientConnection(ClientLogin):
         self._answered(status != _I)
 
     def on_parameter(self, name: str, value: str) -> None:
-        self.params[name] = value
+        # Copy on write: clients with the same parameters share one dict (login.py).
+        if self.params.get(name) != value:
+            self.params = {**self.params, name: value}
         self.param_sig = None
 
     def on_copy_in(self) -> None:

@@ -530,7 +530,7 @@ class ClientLogin(ClientSession[ServerConnection]):
         canon = self.listener.canonical_params
         for key, value in self._startup_params.items():
             params[key] = canon.get((key, value), value)
-        self.params = params
+        self.params = self.listener.shared(params)
         # Only what this server reports can be tracked (search_path is reported from
         # PostgreSQL 18 on); SET of anything else pins.
         self._tracked = tracked_lower(reported)

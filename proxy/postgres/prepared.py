@@ -344,6 +344,10 @@ _ABORTED = error_response("25P02", "current transaction is aborted, commands ign
                                    "of transaction block")
 
 
+#: A Router's queue between route() calls (never written to): idle clients keep no queue.
+_NO_QUEUE = RequestQueue()
+
+
 class Router:
     """Rewrites one client's messages for the server it holds, keeping the client's statement
     names apart from the server's: renames, prepares missing statements first, answers Parse
@@ -363,7 +367,7 @@ class Router:
         # batch not yet tracked as steps, whether the batch is tracked, the statements it
         # binds, whether the server is known to be in a failed transaction block, and whether
         # it is in COPY FROM STDIN (it ignores Sync until CopyDone or CopyFail).
-        self._q: RequestQueue = RequestQueue()
+        self._q: RequestQueue = _NO_QUEUE  # route() sets the server's
         self._kinds: list[int] = []
         self._tracked = False
         self._stmts: list[Statement] | None = None
