@@ -499,3 +499,22 @@ def test_stalled_handshake_bounded_by_client_login_timeout(tls_pg: PgServer, pki
         with psycopg.connect(pg_dsn(proc, pki, sslmode="disable")) as conn:
             assert conn.execute("SELECT 7").fetchone() == (7,)
         assert "login_timeout" in proc.log_text()
+
+
+def test_oversized_client_certificate_is_refused(proxy: ProxyProcess, pki: Pki,
+                                                 tmp_path: Path) -> None:
+    """A client certificate of ~150 KB (OpenSSL's limit for a peer's chain is 100 KB): the
+    handshake fails, poolproxy keeps serving."""
+    names = [f"n{i:05d}.{'x' * 20}.example" for i in range(5000)]
+    huge = pki.authority.issue_files(tmp_path, "huge", TLS_USER, dns=names, server=False,
+                                     client=True)
+    assert huge.cert.stat().st_size > 150_000
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(pg_dsn(proxy, pki, "pg_verify", sslcert=str(huge.cert),
+                               sslkey=str(huge.key)))
+    pair = pki.client(TLS_USER)
+    with psycopg.connect(pg_dsn(proxy, pki, "pg_verify", sslcert=str(pair.cert),
+                                sslkey=str(pair.key))) as conn:
+        assert conn.execute("SELECT 8").fetchone() == (8,)
+    assert metric(proxy, "poolproxy_tls_handshakes_total", listener="pg_verify", side="client",
+                  result="failed") >= 1
