@@ -40,6 +40,8 @@ log = logging.getLogger("poolproxy.daemon")
 
 #: How long the start-up / reload probe of a listener's server waits for a connection.
 PROBE_TIMEOUT = 3.0
+#: The probe logs in as at most this many configured users per listener.
+PROBED_USERS = 8
 
 
 class StartupError(Exception):
@@ -199,13 +201,28 @@ class Daemon:
     async def _probe(self, targets: list[tuple[str, ServerAddress]], when: str) -> None:
         results = await asyncio.gather(*(probe_server(server) for _, server in targets),
                                        return_exceptions=True)
+        reachable = []
         for (name, server), problem in zip(targets, results, strict=True):
             if problem is None:
+                reachable.append(name)
                 continue
             if isinstance(problem, asyncio.CancelledError):
                 raise problem
             log.warning("listener %s: its server %s is unreachable %s (%s); poolproxy runs on "
                         "and connects when clients need it", name, server, when, problem)
+        logins = [(rt, user) for rt in self.listeners if rt.name in reachable
+                  for user in list(rt.config.users)[:PROBED_USERS]]
+        refusals = await asyncio.gather(
+            *(rt.probe_login(user, PROBE_TIMEOUT) for rt, user in logins),
+            return_exceptions=True)
+        for (rt, user), refusal in zip(logins, refusals, strict=True):
+            if isinstance(refusal, asyncio.CancelledError):
+                raise refusal
+            if refusal is not None:
+                log.warning("listener %s: user %s cannot log in to its server %s %s (%s); "
+                            "its clients will get this error until the user or its password "
+                            "is fixed", rt.name, user, rt.config.server, when, refusal)
+        log.info("server probe %s finished", when)
 
     def request_stop(self) -> None:
         self._signals += 1

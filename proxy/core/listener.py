@@ -19,7 +19,7 @@ from ..auth import scram
 from ..auth.credentials import Credential, PasswordVerifier
 from ..config import ListenerConfig
 from ..config.model import AuthQuery
-from ..errors import ServerLoginError, ServerTlsError
+from ..errors import ProxyError, ServerLoginError, ServerTlsError
 from ..pool import Clock, CloseReason, Pool
 
 if TYPE_CHECKING:
@@ -258,6 +258,31 @@ class ListenerRuntime:
                 self.count_tls("server", "ok")
             return server
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def probe_login(self, user: str, timeout: float) -> str | None:
+        """Log in to the server as the configured `user` once (start-up and reload probe),
+        outside every pool; None if that works, else the server's refusal."""
+        cfg = self.config
+        ucfg = cfg.user(user)
+        if ucfg is None:
+            return None
+        explicit = [d for d in cfg.databases.values() if d.dbname is not None]
+        dbname = explicit[0].dbname if explicit else (user if cfg.protocol == "postgres" else "")
+        assert dbname is not None
+        pool = Pool(cfg.name, dbname, user, cfg.settings_for(None, ucfg),
+                    lambda p: self.open_server(p, dbname, user, ucfg.password), self.clock)
+        pool.idle_limit_checked = True  # a probe learns nothing for the real pools
+        try:
+            server = await asyncio.wait_for(
+                self._open_with_tls(pool, dbname, user, ucfg.password), timeout)
+        except ServerLoginError as exc:
+            if exc.sqlstate == "3D000" or exc.mysql_errno == 1049:
+                return None  # the user got in; only that database is missing
+            return exc.message
+        except (ProxyError, TimeoutError, OSError) as exc:
+            return str(exc) or type(exc).__name__
+        server.close(CloseReason.SHUTDOWN)
+        return None
 
     def _db_has_room(self, pool: Pool) -> bool:
         """max_db_connections: servers to one database over all its users' pools. When the

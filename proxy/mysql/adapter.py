@@ -28,7 +28,8 @@ class MySQLAdapter:
     async def open_server(self, runtime: ListenerRuntime, pool: Pool, dbname: str, user: str,
                           password: Credential | None, tls: ServerTls | None) -> ServerConnection:
         srv = runtime.config.server
-        caps, charset = pool.variant
+        # A pool's variant: its clients' capabilities and character set (none: a probe).
+        caps, charset = pool.variant or (0, codec.UTF8MB4_GENERAL_CI)
         server = await open_server(pool, srv.target, srv.port, user, password, dbname or None,
                                    caps, charset, pool.settings.server_connect_timeout, tls)
         if runtime.greeting is None:

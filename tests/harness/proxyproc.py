@@ -137,6 +137,7 @@ class ProxyProcess:
                 )
             listening = self._listening_ports(wanted)
             if wanted <= listening:
+                self._await_probe(deadline)
                 return
             now = time.monotonic()
             if listeners <= listening:
@@ -146,6 +147,7 @@ class ProxyProcess:
                         f"proxy admin port {self.admin_port} is not listening; continuing",
                         stacklevel=2,
                     )
+                    self._await_probe(deadline)
                     return
             if now > deadline:
                 self.stop(timeout=2)
@@ -153,6 +155,18 @@ class ProxyProcess:
                     f"proxy did not listen on {sorted(wanted - listening)} within {timeout}s;"
                     f" {self.log_path}:\n{self.log_tail()}"
                 )
+            time.sleep(0.02)
+
+    def _await_probe(self, deadline: float) -> None:
+        """Wait (briefly) for the start-up probe of the servers to finish, so that its one
+        login per configured user is over before a test counts server connections."""
+        level = (self.config.get("logging") or {}).get("level", "info")
+        if level in ("warning", "error"):
+            return  # the line is not logged
+        end = min(deadline, time.monotonic() + 5.0)
+        while time.monotonic() < end and self.is_running():
+            if "server probe at start-up finished" in read_log(self.log_path):
+                return
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0) -> int | None:

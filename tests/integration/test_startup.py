@@ -27,7 +27,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import ProxyProcess, free_port
+from tests.harness import (
+    MariaDbServer,
+    PgServer,
+    ProxyProcess,
+    free_port,
+    make_config,
+    mysql_listener,
+    pg_listener,
+)
 from tests.harness.util import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -177,6 +185,37 @@ def test_unreachable_servers_draw_one_warning_each_and_poolproxy_keeps_running(
         assert proxy.is_running()
     finally:
         assert proxy.stop() == 0
+
+
+def login_warnings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "WARNING" in line and "cannot log in" in line]
+
+
+def test_a_user_that_cannot_log_in_draws_one_warning(
+    tmp_path: Path, pg_server: PgServer, mariadb_server: MariaDbServer
+) -> None:
+    """The start-up probe logs in as each configured user: a wrong password is named at once
+    (not when the first client waits out its login), and good users draw nothing."""
+    pg_users = [{"name": "app", "password": "app-secret"},
+                {"name": "app2", "password": "not-app2s-password"}]
+    my_users = [{"name": "app", "password": "wrong"}, {"name": "app2", "password": "app2-secret"}]
+    proxy = ProxyProcess(make_config(pg_listener(pg_server, users=pg_users),
+                                     mysql_listener(mariadb_server, users=my_users)),
+                         tmp_path / "proxy")
+    proxy.start()
+    try:
+        assert "server probe at start-up finished" in proxy.log_text()
+        warnings = login_warnings(proxy.log_text())
+        assert len(warnings) == 2, warnings
+        pg_line = next(w for w in warnings if "listener pg:" in w)
+        assert "user app2 " in pg_line and "password authentication failed" in pg_line, pg_line
+        my_line = next(w for w in warnings if "listener mysql:" in w)
+        assert "user app " in my_line and "Access denied" in my_line, my_line
+        # The probe's connections are closed: none is left in the pools or on the servers.
+        assert wait_for(lambda: pg_server.backend_count("app") == 0, 5)
+        assert proxy.is_running()
+    finally:
+        proxy.stop()
 
 
 def test_reload_with_several_problems_logs_every_one(tmp_path: Path, reachable: int) -> None:
