@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import ProtocolViolation, ProxyError, ServerConnectionLost
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("poolproxy.session")
 
 S = TypeVar("S", bound=ServerSession)
+T = TypeVar("T")
 
 
 class FutureWaiter:
@@ -182,6 +185,14 @@ class ClientSession(asyncio.Protocol, Generic[S]):
 
     def _tls_ready(self) -> None:
         """The client's TLS handshake is done; the login continues inside it."""
+
+    def from_loopback(self) -> bool:
+        """The client is on this host (passthrough's cleartext password stays on it)."""
+        host = self.peer.rsplit(":", 1)[0].strip("[]")
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client's verified certificate (client_tls verify-ca/verify-full), if any."""
@@ -546,6 +557,23 @@ class ClientSession(asyncio.Protocol, Generic[S]):
             transport.pause_reading()
         elif not self._paused:
             transport.resume_reading()
+
+
+async def run_on_server(pool: Pool, loop: asyncio.AbstractEventLoop,
+                        work: Callable[[Any], Awaitable[T]]) -> T:
+    """Borrow a server of `pool`, run `work(server)` on it (an internal exchange while it is
+    unlinked), and give it back; a server whose exchange failed is closed."""
+    server = await borrow(pool, loop)
+    try:
+        result = await work(server)
+    except BaseException:
+        pool.discard(server, CloseReason.CHECK_FAILED)
+        raise
+    if server.reusable():
+        pool.checkin(server)
+    else:
+        pool.discard(server, CloseReason.NOT_CLEAN)
+    return result
 
 
 async def borrow(pool: Pool, loop: asyncio.AbstractEventLoop) -> Any:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from ..auth.credentials import Credential
 from ..config.model import AuthQuery
 from ..core.server import ServerSession
-from ..core.session import borrow
-from ..pool import CloseReason, Pool
+from ..core.session import run_on_server
+from ..pool import Pool
 from . import codec
 from .client import ClientConnection
 from .server import ServerConnection, fetch_greeting, open_server
@@ -44,17 +44,9 @@ class MySQLAdapter:
         # The user name goes in as a hex literal with a character set introducer: no quoting
         # or escaping of client-chosen text into SQL.
         literal = f"_utf8mb4 X'{user.encode('utf-8', 'surrogateescape').hex()}'"
-        pool = runtime.get_pool(dbname, query.user, (0, codec.UTF8MB4_GENERAL_CI))
-        server = await borrow(pool, runtime.loop)
-        try:
-            rows = await server.query_rows(query.query.replace("?", literal, 1))
-        except BaseException:
-            pool.discard(server, CloseReason.CHECK_FAILED)
-            raise
-        if server.reusable():
-            pool.checkin(server)
-        else:
-            pool.discard(server, CloseReason.NOT_CLEAN)
+        sql = query.query.replace("?", literal, 1)
+        rows = await run_on_server(runtime.get_pool(dbname, query.user, (0, codec.UTF8MB4_GENERAL_CI)),
+                                   runtime.loop, lambda server: server.query_rows(sql))
         return rows[0][1] if rows and len(rows[0]) > 1 else None
 
     async def prepare(self, runtime: ListenerRuntime) -> None:

@@ -9,7 +9,6 @@ command phase.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -55,14 +54,6 @@ _AUTOCOMMIT = codec.SERVER_STATUS_AUTOCOMMIT
 #: (inside TLS, as MySQL 8 clients send it) or mysql_clear_password (loopback, or allowed).
 _GREETING_PLUGIN = {"passthrough": "caching_sha2_password"}
 _CLEAR = "mysql_clear_password"
-
-
-def _is_loopback(peer: str) -> bool:
-    host = peer.rsplit(":", 1)[0].strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _nonce() -> bytes:
@@ -178,7 +169,7 @@ class ClientLogin(ClientSession[ServerConnection]):
         if auth_type == "passthrough":
             if self.tls is not None:
                 return "caching_sha2_password"
-            if not cfg.allow_plaintext_passthrough and not _is_loopback(self.peer):
+            if not cfg.allow_plaintext_passthrough and not self.from_loopback():
                 raise AuthFailed(
                     f"Access denied for user '{self.user}': passthrough authentication sends "
                     "the password in cleartext; this listener takes it only over SSL or from "

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from ..auth.credentials import Credential
 from ..config.model import AuthQuery
 from ..core.server import ServerSession
-from ..core.session import borrow
-from ..pool import CloseReason, Pool
+from ..core.session import run_on_server
+from ..pool import Pool
 from .client import ClientConnection
 from .server import ServerConnection, open_server, send_cancel
 
@@ -42,15 +42,6 @@ class PostgresAdapter:
 
     async def lookup_secret(self, runtime: ListenerRuntime, query: AuthQuery, dbname: str,
                             user: str) -> str | None:
-        pool = runtime.get_pool(dbname, query.user)
-        server = await borrow(pool, runtime.loop)
-        try:
-            rows = await server.query_params(query.query, [user])
-        except BaseException:
-            pool.discard(server, CloseReason.CHECK_FAILED)
-            raise
-        if server.reusable():
-            pool.checkin(server)
-        else:
-            pool.discard(server, CloseReason.NOT_CLEAN)
+        rows = await run_on_server(runtime.get_pool(dbname, query.user), runtime.loop,
+                                   lambda server: server.query_params(query.query, [user]))
         return rows[0][1] if rows and len(rows[0]) > 1 else None

@@ -8,7 +8,6 @@ adds the hot path once the client is logged in.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -44,15 +43,6 @@ log = logging.getLogger("poolproxy.postgres.client")
 
 #: Startup parameters accepted and ignored (as PgBouncer's usual ignore_startup_parameters).
 _IGNORED_STARTUP = frozenset(("extra_float_digits",))
-
-
-def _is_loopback(peer: str) -> bool:
-    """A client on this host (passthrough's cleartext password stays on the machine)."""
-    host = peer.rsplit(":", 1)[0].strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ClientLogin(ClientSession[ServerConnection]):
@@ -337,7 +327,7 @@ class ClientLogin(ClientSession[ServerConnection]):
     def _ask_cleartext(self) -> None:
         lst = self.listener
         if self.tls is None and not lst.config.allow_plaintext_passthrough \
-                and not _is_loopback(self.peer):
+                and not self.from_loopback():
             raise AuthFailed(
                 "passthrough authentication sends the password in cleartext: this listener "
                 "takes it only over TLS or from this host", sqlstate="28000",
