@@ -170,8 +170,17 @@ class ListenerRuntime:
     def reload_tls(self) -> list[tls.TlsError]:
         """Re-read both sides' certificates and keys (also when their paths are unchanged);
         a side that fails keeps its previous context."""
+        before = self.server_tls.settings
         errors = [self.client_tls.reload(self.config.client_tls),
                   self.server_tls.reload(self.config.server_tls)]
+        if self.server_tls.settings != before:
+            # A pool never mixes servers of the old and the new server_tls: idle ones close
+            # now, busy ones when their transaction ends.
+            for pool in self.pools.values():
+                for server in list(pool.idle):
+                    pool.remove_idle(server, CloseReason.CONFIG_RELOAD)
+                for server in pool.active:
+                    server.expires_at = 0.0
         return [e for e in errors if e is not None]
 
     def count_tls(self, side: str, result: str) -> None:

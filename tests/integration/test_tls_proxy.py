@@ -518,3 +518,25 @@ def test_oversized_client_certificate_is_refused(proxy: ProxyProcess, pki: Pki,
         assert conn.execute("SELECT 8").fetchone() == (8,)
     assert metric(proxy, "poolproxy_tls_handshakes_total", listener="pg_verify", side="client",
                   result="failed") >= 1
+
+
+def test_reload_of_server_tls_renews_the_pool(tls_pg: PgServer, pki: Pki, tmp_path: Path) -> None:
+    """server_tls changed by a reload: the pool's plaintext servers are closed, new ones use
+    TLS (a pool never mixes them)."""
+    users = [{"name": "app", "password": "app-secret"}]
+    config = make_config(pg_listener(tls_pg, users=users, pool_size=1))
+    dsn_tail = "user=app password=app-secret dbname=app sslmode=disable connect_timeout=10"
+
+    def server_ssl(proc: ProxyProcess) -> bool:
+        with psycopg.connect(f"host=127.0.0.1 port={proc.port('pg')} {dsn_tail}") as conn:
+            row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                               ).fetchone()
+            assert row is not None
+            return bool(row[0])
+
+    with ProxyProcess(config, tmp_path / "proxy") as proc:
+        assert server_ssl(proc) is False
+        config["listeners"][0]["server_tls"] = server_tls(pki, "require")
+        proc.reload(config)
+        proc.wait_for_log("TLS settings changed")
+        assert server_ssl(proc) is True
