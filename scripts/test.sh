@@ -8,11 +8,17 @@
 # 2. Installs the package with its test extras (pip install -e '.[test]') when something is
 #    missing or too old. Where the system Python is "externally managed" (PEP 668, Debian's
 #    /usr/bin/python3) this happens in ./.venv instead.
-# 3. Runs `ruff check proxy tests` and `mypy proxy` (failing if they fail), then pytest, and
+# 3. Compiles the hot path in place with mypyc (`setup.py build_ext --inplace`: a few seconds
+#    when nothing changed; where it cannot, setup.py warns and the pure-Python modules are
+#    tested). Under CI=true a build that did not happen fails the run.
+# 4. Runs `ruff check proxy tests` and `mypy proxy` (failing if they fail), then pytest, and
 #    exits with pytest's code. Default pytest args: tests/ without tests/bench (benchmarks are
-#    scripts, not tests).
+#    scripts, not tests); with the default args and the compiled modules in use, the unit tests
+#    run a second time with POOLPROXY_PURE=1 (the pure modules), and the first failure's code
+#    is the exit code.
 #
-# Environment: PYTHON (default python3), POOLPROXY_SKIP_LINT=1 skips ruff/mypy (local use only).
+# Environment: PYTHON (default python3), POOLPROXY_SKIP_LINT=1 skips ruff/mypy (local use only),
+# POOLPROXY_NO_COMPILE=1 skips the compilation (the pure modules are tested, once).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -159,6 +165,18 @@ if ! python_deps_ok; then
     PIP_DISABLE_PIP_VERSION_CHECK=1 py -m pip install -q --root-user-action=ignore -e '.[test]'
 fi
 
+# ---------------------------------------------------------------- compiled hot path
+if [ -z "${POOLPROXY_NO_COMPILE:-}" ]; then
+    log "compiling the hot path (setup.py build_ext --inplace)"
+    py setup.py -q build_ext --inplace
+fi
+compiled="$(py -c 'import proxy; print(int(proxy.COMPILED))')"
+if [ "$compiled" != 1 ] && [ -n "${CI:-}" ] && [ -z "${POOLPROXY_NO_COMPILE:-}${POOLPROXY_PURE:-}" ]; then
+    log "CI: the compiled modules are not in use (see the warnings above);" \
+        "POOLPROXY_NO_COMPILE=1 tests the pure-Python modules only"
+    exit 1
+fi
+
 # ---------------------------------------------------------------- lint, types, tests
 if [ -z "${POOLPROXY_SKIP_LINT:-}" ]; then
     log "ruff check proxy tests"
@@ -167,8 +185,16 @@ if [ -z "${POOLPROXY_SKIP_LINT:-}" ]; then
     py -m mypy proxy
 fi
 
+pure_pass=""
 if [ "$#" -eq 0 ]; then
     set -- tests --ignore=tests/bench
+    [ "$compiled" != 1 ] || pure_pass=1
 fi
 log "pytest $*"
-exec "$PYTHON" -m pytest -q "$@"
+rc=0
+"$PYTHON" -m pytest -q "$@" || rc=$?
+if [ -n "$pure_pass" ]; then
+    log "POOLPROXY_PURE=1 pytest tests/unit (the unit tests against the pure-Python modules)"
+    POOLPROXY_PURE=1 "$PYTHON" -m pytest -q tests/unit || { r=$?; [ "$rc" -ne 0 ] || rc=$r; }
+fi
+exit "$rc"

@@ -123,3 +123,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             tail = "\n".join(proc.log_text().splitlines()[-80:])
             report.sections.append((f"poolproxy log tail ({proc.log_path})", tail or "(empty)"))
     return report
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import proxy
+
+    build = "compiled with mypyc" if proxy.COMPILED else f"pure Python ({proxy._native.reason})"
+    return f"poolproxy hot path: {build}"

@@ -24,7 +24,8 @@ from proxy.postgres.codec import (
 from proxy.postgres.params import tracked_lower
 from proxy.postgres.statements import PinReason, classify
 
-CODEC_PATH = Path(c.__file__)
+#: The source (c.__file__ is the extension module when the compiled modules are in use).
+CODEC_PATH = Path(c.__file__).with_name("codec.py")
 
 T, D, C, Z, S, E, N, K = (ord(x) for x in "TDCZSENK")
 
