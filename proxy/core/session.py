@@ -163,7 +163,9 @@ class ClientSession(asyncio.Protocol, Generic[S]):
     async def _handshake(self, transport: asyncio.Transport, context: Any,
                          initial: bytes) -> None:
         lst = self.listener
-        timeout = lst.config.settings.client_login_timeout or 60.0
+        # client_login_timeout (the login timer) ends a stalled handshake; the TLS layer's own
+        # timeout is a backstop behind it (and the bound when the login timeout is off).
+        timeout = (lst.config.settings.client_login_timeout or 60.0) + 5.0
         try:
             encrypted = await upgrade(transport, self, context, server_side=True,
                                       timeout=timeout, initial=initial)

@@ -103,9 +103,11 @@ async def upgrade(transport: asyncio.Transport, protocol: asyncio.Protocol,
     except asyncio.CancelledError:
         transport.close()
         raise
-    if encrypted is None:  # pragma: no cover - start_tls returns None only on a closed loop
+    if encrypted is None or encrypted.is_closing() or transport.is_closing():
+        # Closed during the handshake (by us: client_login_timeout; or by the peer): asyncio
+        # returns None, uvloop a closed transport, and neither tells the protocol.
         transport.close()
-        raise TlsHandshakeFailed("TLS handshake failed: the connection was closed")
+        raise TlsHandshakeFailed("the connection was closed during the TLS handshake")
     encrypted.set_protocol(protocol)
     deliver = on_data or protocol.data_received
 
