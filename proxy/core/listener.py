@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("poolproxy.listener")
 
-#: How long an auth.query answer is reused (a failed login asks again at once).
+#: How long an auth.query answer, or a password a server accepted for passthrough, is reused
+#: (an auth.query user's failed login asks again at once).
 SECRET_TTL = 30.0
 
 #: What a server connection needs to ask for TLS: (context, TLS required, name to check).
@@ -107,7 +108,7 @@ class ListenerRuntime:
         #: the password), the verifiers that check returning passthrough clients, and the
         #: auth.query secrets cached for SECRET_TTL seconds.
         self.learnt: dict[str, Credential] = {}
-        self._passthrough: dict[str, PasswordVerifier] = {}
+        self._passthrough: dict[str, tuple[PasswordVerifier, float]] = {}
         self._secrets: dict[str, tuple[str | None, float]] = {}
         self._shared_params: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
 
@@ -143,8 +144,11 @@ class ListenerRuntime:
         self.learnt[user] = credential
 
     def passthrough_matches(self, user: str, password: str) -> bool:
-        verifier = self._passthrough.get(user)
-        return verifier is not None and verifier.matches(password)
+        """A returning passthrough client's password, checked against the verifier of the one
+        a server accepted less than SECRET_TTL ago (after that a server login checks it again,
+        so a password changed or revoked in the database stops working here too)."""
+        hit = self._passthrough.get(user)
+        return hit is not None and hit[1] > self.clock() and hit[0].matches(password)
 
     async def validate_password(self, pool: Pool, password: str) -> bool:
         """passthrough: log in to the server with a client's password. True (and the
@@ -159,7 +163,7 @@ class ListenerRuntime:
                 return False
             raise
         self.learn(pool.user, password)
-        self._passthrough[pool.user] = PasswordVerifier(password)
+        self._passthrough[pool.user] = (PasswordVerifier(password), self.clock() + SECRET_TTL)
         if pool.total < pool.limit and not pool.closed:
             pool.opening += 1
             pool.opened(server)
