@@ -33,6 +33,7 @@ log = logging.getLogger("poolproxy.listener")
 #: How long an auth.query answer, or a password a server accepted for passthrough, is reused
 #: (an auth.query user's failed login asks again at once).
 SECRET_TTL = 30.0
+MAX_CACHED_SECRETS = 10_000
 
 #: What a server connection needs to ask for TLS: (context, TLS required, name to check).
 ServerTls = tuple[Any, bool, str | None]
@@ -108,7 +109,7 @@ class ListenerRuntime:
         #: the password), the verifiers that check returning passthrough clients, and the
         #: auth.query secrets cached for SECRET_TTL seconds.
         self.learnt: dict[str, Credential] = {}
-        self._passthrough: dict[str, tuple[PasswordVerifier, float]] = {}
+        self._passthrough: dict[tuple[str, str], tuple[PasswordVerifier, float]] = {}
         self._secrets: dict[str, tuple[str | None, float]] = {}
         self._shared_params: dict[frozenset[tuple[str, str]], dict[str, str]] = {}
 
@@ -133,7 +134,14 @@ class ListenerRuntime:
         if hit is not None and hit[1] > now:
             return hit[0]
         secret = await self.adapter.lookup_secret(self, query, query.dbname or database, user)
-        self._secrets[user] = (secret, now + SECRET_TTL)
+        secrets = self._secrets
+        if len(secrets) >= MAX_CACHED_SECRETS:
+            # Clients choose the names looked up: keep the cache bounded.
+            for name in [n for n, (_, until) in secrets.items() if until <= now]:
+                del secrets[name]
+            if len(secrets) >= MAX_CACHED_SECRETS:
+                secrets.clear()
+        secrets[user] = (secret, now + SECRET_TTL)
         return secret
 
     def forget_secret(self, user: str) -> None:
@@ -143,11 +151,12 @@ class ListenerRuntime:
     def learn(self, user: str, credential: Credential) -> None:
         self.learnt[user] = credential
 
-    def passthrough_matches(self, user: str, password: str) -> bool:
+    def passthrough_matches(self, database: str, user: str, password: str) -> bool:
         """A returning passthrough client's password, checked against the verifier of the one
         a server accepted less than SECRET_TTL ago (after that a server login checks it again,
         so a password changed or revoked in the database stops working here too)."""
-        hit = self._passthrough.get(user)
+        # Per database: the server's rules (pg_hba.conf) may differ between databases.
+        hit = self._passthrough.get((database, user))
         return hit is not None and hit[1] > self.clock() and hit[0].matches(password)
 
     async def validate_password(self, pool: Pool, password: str) -> bool:
@@ -163,7 +172,8 @@ class ListenerRuntime:
                 return False
             raise
         self.learn(pool.user, password)
-        self._passthrough[pool.user] = (PasswordVerifier(password), self.clock() + SECRET_TTL)
+        self._passthrough[(pool.database, pool.user)] = (PasswordVerifier(password),
+                                                        self.clock() + SECRET_TTL)
         if pool.total < pool.limit and not pool.closed:
             pool.opening += 1
             pool.opened(server)

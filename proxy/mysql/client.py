@@ -115,17 +115,25 @@ class ClientConnection(ClientLogin):
     # ------------------------------------------------------------------ asyncio.Protocol
     def data_received(self, data: bytes) -> None:
         reader = self._reader
-        if self.state is C_LOGIN and self._offered & codec.CLIENT_SSL and self.tls is None \
-                and not reader._buf and len(data) >= 36 and data[0] == codec.SSL_REQUEST_LENGTH \
-                and not data[1] and not data[2] and codec.is_ssl_request(data[4:36]):
-            # SSLRequest and the start of the TLS handshake in one read: the handshake's
-            # bytes must reach the TLS layer, not the packet reader.
-            self._auth_seq = data[3]
-            try:
-                self._on_ssl_request(data[36:])
-            except ProxyError as exc:
-                self._refuse_login(exc)
-            return
+        if self.state is C_LOGIN and self._login_step == "response" and not self._tls_handshake \
+                and self._offered & codec.CLIENT_SSL and self.tls is None:
+            if reader._buf:  # the first packet came split: look at it whole
+                data = reader.pending + data
+                reader.clear()
+            if len(data) >= 4 and data[0] == codec.SSL_REQUEST_LENGTH and not data[1] \
+                    and not data[2]:
+                if len(data) < 36:
+                    reader.feed(data)  # wait for the rest of the SSLRequest
+                    return
+                if codec.is_ssl_request(data[4:36]):
+                    # SSLRequest and the start of the TLS handshake in one read: the
+                    # handshake's bytes must reach the TLS layer, not the packet reader.
+                    self._auth_seq = data[3]
+                    try:
+                        self._on_ssl_request(data[36:])
+                    except ProxyError as exc:
+                        self._refuse_login(exc)
+                    return
         if self.state is not C_LOGIN and not self.infile and not reader._buf:
             # Fast path: a command is normally exactly one packet in one chunk.
             n = len(data)

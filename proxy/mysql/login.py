@@ -204,14 +204,17 @@ class ClientLogin(ClientSession[ServerConnection]):
                 bytes((caching_sha2.PERFORM_FULL_AUTH,)))))
             return
         if cfg.user(self.user) is None and cfg.auth_query is not None:
-            self.listener.spawn(self._lookup_then_verify(response))
+            # Nothing more may come from the client until the lookup is done (a second
+            # HandshakeResponse must not change who is being checked).
+            self._login_step = "checking"
+            self.listener.spawn(self._lookup_then_verify(self.user, response))
             return
         self._verify(response)
 
-    async def _lookup_then_verify(self, response: bytes) -> None:
+    async def _lookup_then_verify(self, user: str, response: bytes) -> None:
         lst = self.listener
         try:
-            secret = await lst.lookup_secret(self.user, self.database or "")
+            secret = await lst.lookup_secret(user, self.database or "")
             stage1 = None
             if secret is not None:
                 try:
@@ -223,16 +226,19 @@ class ClientLogin(ClientSession[ServerConnection]):
                     stage1 = mysql_native.recover_stage1(response, stage2, self._nonce)
             if self.transport is None or self.transport.is_closing():
                 return
+            if self.user != user:  # cannot happen: no packet is read while "checking"
+                raise ProtocolViolation("the user changed during authentication",
+                                        mysql_errno=1043)
             if stage1 is None:
-                lst.forget_secret(self.user)
+                lst.forget_secret(user)
                 raise self._denied(response)
-            lst.learn(self.user, NativeStage1(stage1))
+            lst.learn(user, NativeStage1(stage1))
             self._accepted()
         except ProxyError as exc:
             self._refuse_login(exc)
         except TimeoutError:
             self._refuse_login(ServerLoginError(
-                f"cannot look up user '{self.user}' (auth.query): no server connection in time"))
+                f"cannot look up user '{user}' (auth.query): no server connection in time"))
 
     def _on_cleartext(self, password: str) -> None:
         lst = self.listener
@@ -241,7 +247,7 @@ class ClientLogin(ClientSession[ServerConnection]):
             if not hmac.compare_digest(ucfg.password.encode(), password.encode()):
                 raise self._denied(password.encode())
             self._accepted()
-        elif lst.passthrough_matches(self.user, password):
+        elif lst.passthrough_matches(self.database or "", self.user, password):
             self._accepted()
         else:
             self._login_step = "checking"

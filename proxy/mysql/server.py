@@ -18,7 +18,7 @@ from ..auth.credentials import Credential, NativeStage1
 from ..core.requests import FORWARD, PLAIN_BATCH, SWALLOW, SYNTHESIZE, Batch, Done, Step
 from ..core.server import ServerSession, connect_and_login
 from ..core.session import ClientSession
-from ..errors import ServerConnectionLost, ServerLoginError
+from ..errors import ServerConnectionLost, ServerLoginError, ServerTlsError
 from ..pool import S_CLOSED, CloseReason, Pool
 from . import codec
 from .codec import ResponseMode, ResponseTracker
@@ -365,6 +365,10 @@ class ServerConnection(ServerSession):
         if self.dbname:
             caps |= codec.CLIENT_CONNECT_WITH_DB
         if self.tls_context is not None:
+            if self._inbox or (self._reader is not None and self._reader.pending):
+                # Bytes after the greeting, before TLS: they would pass for TLS-protected
+                # replies (a man in the middle's; cf. PostgreSQL's CVE-2021-23222).
+                raise ServerTlsError("the server sent unexpected data before the TLS upgrade")
             if hs.capabilities & codec.CLIENT_SSL:
                 caps |= codec.CLIENT_SSL
                 seq += 1

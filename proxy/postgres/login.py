@@ -269,6 +269,8 @@ class ClientLogin(ClientSession[ServerConnection]):
         secret; None: the user is listed, or unknown). With a secret, its kind decides."""
         lst = self.listener
         auth = lst.config.auth_type
+        if not secret:
+            secret = None  # no row, NULL or an empty secret: no password can match
         if secret is not None and secret.startswith("md5"):
             auth = "md5"
         elif secret is not None:
@@ -340,12 +342,12 @@ class ClientLogin(ClientSession[ServerConnection]):
         (verifier), passes at once; anything else is tried on a server login first."""
         lst = self.listener
         fail = AuthFailed(f'password authentication failed for user "{self.user}"')
-        if self._password is not None:
+        if self._password:  # listed with a password (an empty one means "not configured")
             if not hmac.compare_digest(self._password.encode(), password.encode()):
                 raise fail
             self._auth_ok()
             return
-        if lst.passthrough_matches(self.user, password):
+        if lst.passthrough_matches(self.database, self.user, password):
             self._auth_ok()
             return
         self._auth_step = None
@@ -396,7 +398,12 @@ class ClientLogin(ClientSession[ServerConnection]):
             response = body.rstrip(b"\x00")
             secret = self._md5_secret
             if secret is not None:  # auth.query's md5 hash
-                if not md5auth.verify_md5_hash(response, secret, self._md5_salt):
+                try:
+                    good = md5auth.verify_md5_hash(response, secret, self._md5_salt)
+                except ValueError:
+                    log.warning("%r: auth.query returned a malformed md5 secret", self)
+                    good = False
+                if not good:
                     self._failed_lookup()
                     raise fail
                 self.listener.learn(self.user, secret)

@@ -497,7 +497,14 @@ class ServerConnection(ServerSession):
                     self.write(codec.password_message(
                         md5auth.md5_response(self.user, self._need_password(), data[:4]) + b"\x00"))
                 elif code == codec.AUTH_CLEARTEXT:
-                    self.write(codec.password_message(self._need_password().encode() + b"\x00"))
+                    password = self._need_password()
+                    if md5auth.is_md5_hash(password):
+                        # Only the md5 hash is known: it is no password, and worth as much as
+                        # one to md5 auth (PgBouncer refuses this too).
+                        raise ServerLoginError(
+                            f"the server asks user {self.user!r} for a cleartext password, but "
+                            "poolproxy only has its md5 hash", sqlstate="28P01")
+                    self.write(codec.password_message(password.encode() + b"\x00"))
                 else:
                     raise ServerLoginError(f"server requested unsupported authentication {code}")
             elif t == MSG_PARAMETER_STATUS:
