@@ -25,6 +25,7 @@ from . import __version__
 from .config import Config, ConfigError, ServerAddress, format_address, load_config
 from .core.listener import ListenerRuntime, ProtocolAdapter
 from .errors import ShuttingDown
+from .logs import os_error_text
 from .mysql.adapter import MySQLAdapter
 from .ops.admin import AdminServer
 from .ops.console import Console, ConsoleError, StatsPeriods
@@ -46,13 +47,6 @@ PROBED_USERS = 8
 
 class StartupError(Exception):
     """A listen socket could not be bound; the message names the listener and address."""
-
-
-def os_error_text(exc: OSError) -> str:
-    """``Address already in use`` rather than asyncio's ``[Errno 98] error while ...``."""
-    if exc.errno is not None and exc.errno > 0 and not isinstance(exc, socket.gaierror):
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 async def probe_server(server: ServerAddress, timeout: float = PROBE_TIMEOUT) -> str | None:

@@ -1,11 +1,21 @@
-"""Logging setup: text or JSON lines on stderr, at the configured level."""
+"""Logging setup: text or JSON lines on stderr, at the configured level; how an OS error reads
+in a log line."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 import time
+
+
+def os_error_text(exc: OSError) -> str:
+    """``Address already in use`` rather than asyncio's ``[Errno 98] error while ...``."""
+    if exc.errno is not None and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 class JsonFormatter(logging.Formatter):

@@ -42,6 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from .config import Config, ConfigError, load_config
+from .logs import os_error_text
 from .ops.admin import AdminServer
 from .ops.metrics import NON_ADDITIVE
 from .ops.statuspage import merge_status
@@ -186,9 +187,8 @@ def bind_listeners(config: Config, count: int) -> dict[str, list[socket.socket]]
         if lst is None:
             raise
         # Name the listener and address, as a single process does (daemon.StartupError).
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise OSError(exc.errno, f"listener {lst.name} ({lst.protocol}) cannot listen on "
-                                 f"{lst.listen_address}: {reason}") from exc
+                                 f"{lst.listen_address}: {os_error_text(exc)}") from exc
     return socks
 
 

@@ -21,6 +21,8 @@ import stringprep
 import unicodedata
 from dataclasses import dataclass
 
+from .credentials import ScramKeys
+
 __all__ = [
     "MECHANISM",
     "ScramClient",
@@ -380,16 +382,6 @@ class ScramServer:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, repr=False)  # no key bytes in logs or tracebacks
-class _ClientKeys:
-    """Pass-through credentials: the keys derived from an unknown password, and its salt."""
-
-    client_key: bytes
-    server_key: bytes
-    salt: bytes
-    iterations: int
-
-
 class ScramClient:
     """Client half of one SCRAM-SHA-256 exchange (sans-IO, use once).
 
@@ -400,7 +392,7 @@ class ScramClient:
     """
 
     def __init__(self, password: str, nonce: str | None = None, username: str = "") -> None:
-        self._secret: str | _ClientKeys = password
+        self._secret: str | ScramKeys = password
         self._nonce = nonce if nonce is not None else _new_nonce()
         if not self._nonce or not _is_printable(self._nonce):
             raise ValueError("SCRAM client nonce must be non-empty printable ASCII without ','")
@@ -436,7 +428,7 @@ class ScramClient:
         if iterations < 1:
             raise ValueError("SCRAM iteration count must be positive")
         client = cls("", nonce=nonce, username=username)
-        client._secret = _ClientKeys(client_key, server_key, salt, iterations)
+        client._secret = ScramKeys(client_key, server_key, salt, iterations)
         return client
 
     def _keys_for(self, salt: bytes, iterations: int) -> tuple[bytes, bytes]:

@@ -9,6 +9,7 @@ per-listener counters read by metrics).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 from collections.abc import Awaitable
@@ -21,6 +22,7 @@ from ..config import ListenerConfig
 from ..config.model import AuthQuery
 from ..errors import ProxyError, ServerLoginError, ServerTlsError
 from ..pool import Clock, CloseReason, Pool
+from .server import ServerTls
 
 if TYPE_CHECKING:
     from ..ops.console import Operations
@@ -34,9 +36,6 @@ log = logging.getLogger("poolproxy.listener")
 #: (an auth.query user's failed login asks again at once).
 SECRET_TTL = 30.0
 MAX_CACHED_SECRETS = 10_000
-
-#: What a server connection needs to ask for TLS: (context, TLS required, name to check).
-ServerTls = tuple[Any, bool, str | None]
 
 
 class ProtocolAdapter(Protocol):
@@ -151,13 +150,21 @@ class ListenerRuntime:
     def learn(self, user: str, credential: Credential) -> None:
         self.learnt[user] = credential
 
-    def passthrough_matches(self, database: str, user: str, password: str) -> bool:
-        """A returning passthrough client's password, checked against the verifier of the one
-        a server accepted less than SECRET_TTL ago (after that a server login checks it again,
-        so a password changed or revoked in the database stops working here too)."""
-        # Per database: the server's rules (pg_hba.conf) may differ between databases.
+    def passthrough_verdict(self, database: str, user: str, password: str) -> bool | None:
+        """passthrough: whether a client's cleartext password is right, when that can be told
+        here: a listed user's configured password, or the one a server accepted for this
+        (database, user) less than SECRET_TTL ago (the server's rules, pg_hba.conf, may differ
+        per database; after that a server login checks again, so a password changed or
+        revoked in the database stops working here too). None: a server login must tell
+        (`validate_password`)."""
+        given = password.encode("utf-8", "surrogateescape")
+        ucfg = self.config.user(user)
+        if ucfg is not None and ucfg.password:  # an empty one means "not configured"
+            return hmac.compare_digest(ucfg.password.encode("utf-8", "surrogateescape"), given)
         hit = self._passthrough.get((database, user))
-        return hit is not None and hit[1] > self.clock() and hit[0].matches(password)
+        if hit is not None and hit[1] > self.clock() and hit[0].matches(password):
+            return True
+        return None
 
     async def validate_password(self, pool: Pool, password: str) -> bool:
         """passthrough: log in to the server with a client's password. True (and the
@@ -174,11 +181,7 @@ class ListenerRuntime:
         self.learn(pool.user, password)
         self._passthrough[(pool.database, pool.user)] = (PasswordVerifier(password),
                                                         self.clock() + SECRET_TTL)
-        if pool.total < pool.limit and not pool.closed:
-            pool.opening += 1
-            pool.opened(server)
-        else:
-            server.close(CloseReason.POOL_LIMIT)
+        pool.adopt(server)
         return True
 
     def reload_tls(self) -> list[tls.TlsError]:
@@ -188,13 +191,8 @@ class ListenerRuntime:
         errors = [self.client_tls.reload(self.config.client_tls),
                   self.server_tls.reload(self.config.server_tls)]
         if self.server_tls.settings != before:
-            # A pool never mixes servers of the old and the new server_tls: idle ones close
-            # now, busy ones when their transaction ends.
             for pool in self.pools.values():
-                for server in list(pool.idle):
-                    pool.remove_idle(server, CloseReason.CONFIG_RELOAD)
-                for server in pool.active:
-                    server.expires_at = 0.0
+                pool.renew()  # a pool never mixes servers of the old and new server_tls
         return [e for e in errors if e is not None]
 
     def count_tls(self, side: str, result: str) -> None:

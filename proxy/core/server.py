@@ -28,6 +28,9 @@ log = logging.getLogger("poolproxy.session")
 
 S = TypeVar("S", bound="ServerSession")
 
+#: What a server connection needs to ask for TLS: (context, TLS required, name to check).
+ServerTls = tuple[Any, bool, str | None]
+
 
 class ServerSession(asyncio.Protocol):
     """Base of a connection from poolproxy to a database server."""
@@ -334,8 +337,7 @@ async def open_transport(factory: Callable[[], asyncio.BaseProtocol], host: str,
 
 
 async def connect_and_login(factory: Callable[[], S], host: str, port: int,
-                            timeout: float, tls: tuple[Any, bool, str | None] | None = None
-                            ) -> S:
+                            timeout: float, tls: ServerTls | None = None) -> S:
     """Open a connection (TCP, or a Unix socket if `host` is a path) with `factory`'s protocol
     and log in; raise ServerUnavailable / ServerLoginError with a message that says what to
     check. `tls`: (context, required, server_hostname) to ask the server for TLS."""

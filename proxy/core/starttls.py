@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
 from typing import Any
 
 __all__ = ["TlsHandshakeFailed", "TlsInfo", "describe_failure", "tls_info", "upgrade"]
@@ -37,7 +36,7 @@ class _Holding(asyncio.Protocol):
     def __init__(self) -> None:
         self.data: list[bytes] = []
         self.eof = False
-        self.lost: BaseException | None = None
+        self.lost: Exception | None = None
         self.closed = False
 
     def data_received(self, data: bytes) -> None:
@@ -68,12 +67,11 @@ def describe_failure(exc: BaseException) -> str:
 
 async def upgrade(transport: asyncio.Transport, protocol: asyncio.Protocol,
                   context: ssl.SSLContext, *, server_side: bool, timeout: float,
-                  server_hostname: str | None = None, initial: bytes = b"",
-                  on_data: Callable[[bytes], None] | None = None) -> asyncio.Transport:
+                  server_hostname: str | None = None, initial: bytes = b"") -> asyncio.Transport:
     """Run the TLS handshake on `transport` and return the encrypted transport, whose protocol
-    is then `protocol`. Data that arrived during the handshake is delivered to `on_data`
-    (default: ``protocol.data_received``) through `loop.call_soon`, so after the caller, which
-    must do so before it awaits anything, has made the returned transport its own.
+    is then `protocol`. Data that arrived during the handshake reaches
+    ``protocol.data_received`` through `loop.call_soon`, so after the caller, which must do so
+    before it awaits anything, has made the returned transport its own.
     """
     loop = asyncio.get_running_loop()
     holder = _Holding()
@@ -109,14 +107,13 @@ async def upgrade(transport: asyncio.Transport, protocol: asyncio.Protocol,
         transport.close()
         raise TlsHandshakeFailed("the connection was closed during the TLS handshake")
     encrypted.set_protocol(protocol)
-    deliver = on_data or protocol.data_received
 
     def replay() -> None:
         for chunk in holder.data:
-            deliver(chunk)
+            protocol.data_received(chunk)
         holder.data.clear()
         if holder.closed:
-            protocol.connection_lost(holder.lost if isinstance(holder.lost, Exception) else None)
+            protocol.connection_lost(holder.lost)
         elif holder.eof:
             protocol.eof_received()
 
@@ -128,21 +125,19 @@ async def upgrade(transport: asyncio.Transport, protocol: asyncio.Protocol,
 class TlsInfo:
     """What SHOW CLIENTS/SERVERS and the logs show of a connection's TLS."""
 
-    __slots__ = ("version", "cipher", "bits")
+    __slots__ = ("version", "cipher")
 
-    def __init__(self, version: str, cipher: str, bits: int) -> None:
+    def __init__(self, version: str, cipher: str) -> None:
         self.version = version
         self.cipher = cipher
-        self.bits = bits
 
     def __str__(self) -> str:
-        # PgBouncer's form: TLSv1.3/TLS_AES_256_GCM_SHA384/ECDH=X25519
-        return f"{self.version}/{self.cipher}"
+        return f"{self.version}/{self.cipher}"  # as PgBouncer shows it (without the ECDH part)
 
 
 def tls_info(transport: asyncio.BaseTransport) -> TlsInfo | None:
     cipher = transport.get_extra_info("cipher")
     if not cipher:
         return None
-    name, version, bits = cipher
-    return TlsInfo(str(version), str(name), int(bits or 0))
+    name, version, _bits = cipher
+    return TlsInfo(str(version), str(name))

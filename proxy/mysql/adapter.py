@@ -16,7 +16,8 @@ from .client import ClientConnection
 from .server import ServerConnection, fetch_greeting, open_server
 
 if TYPE_CHECKING:
-    from ..core.listener import ListenerRuntime, ServerTls
+    from ..core.listener import ListenerRuntime
+    from ..core.server import ServerTls
 
 
 class MySQLAdapter:

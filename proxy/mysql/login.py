@@ -8,7 +8,6 @@ command phase.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -241,17 +240,14 @@ class ClientLogin(ClientSession[ServerConnection]):
                 f"cannot look up user '{user}' (auth.query): no server connection in time"))
 
     def _on_cleartext(self, password: str) -> None:
-        lst = self.listener
-        ucfg = lst.config.user(self.user)
-        if ucfg is not None and ucfg.password:
-            if not hmac.compare_digest(ucfg.password.encode(), password.encode()):
-                raise self._denied(password.encode())
-            self._accepted()
-        elif lst.passthrough_matches(self.database or "", self.user, password):
+        verdict = self.listener.passthrough_verdict(self.database or "", self.user, password)
+        if verdict is None:
+            self._login_step = "checking"
+            self.listener.spawn(self._validate_password(password))
+        elif verdict:
             self._accepted()
         else:
-            self._login_step = "checking"
-            lst.spawn(self._validate_password(password))
+            raise self._denied(password.encode("utf-8", "surrogateescape"))
 
     async def _validate_password(self, password: str) -> None:
         lst = self.listener
@@ -260,7 +256,7 @@ class ClientLogin(ClientSession[ServerConnection]):
             if self.transport is None or self.transport.is_closing():
                 return
             if not ok:
-                raise self._denied(password.encode())
+                raise self._denied(password.encode("utf-8", "surrogateescape"))
             self._accepted()
         except ProxyError as exc:
             self._refuse_login(exc)

@@ -16,7 +16,7 @@ from typing import Any
 from ..auth import caching_sha2, mysql_native
 from ..auth.credentials import Credential, NativeStage1
 from ..core.requests import FORWARD, PLAIN_BATCH, SWALLOW, SYNTHESIZE, Batch, Done, Step
-from ..core.server import ServerSession, connect_and_login
+from ..core.server import ServerSession, ServerTls, connect_and_login
 from ..core.session import ClientSession
 from ..errors import ServerConnectionLost, ServerLoginError, ServerTlsError
 from ..pool import S_CLOSED, CloseReason, Pool
@@ -528,7 +528,7 @@ class ServerConnection(ServerSession):
 
 async def open_server(pool: Pool, host: str, port: int, user: str, password: Credential | None,
                       dbname: str | None, caps: int, charset: int,
-                      connect_timeout: float, tls: Any = None) -> ServerConnection:
+                      connect_timeout: float, tls: ServerTls | None = None) -> ServerConnection:
     loop = asyncio.get_running_loop()
     return await connect_and_login(
         lambda: ServerConnection(pool, user, password, dbname, caps, charset, loop),

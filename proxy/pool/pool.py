@@ -196,6 +196,8 @@ class Pool:
         #: The database's own idle limit was asked for (on the pool's first connection).
         self.idle_limit_checked = False
         self._lifetime_budget = max(1, settings.pool_size // 8)
+        #: Busy servers that `renew()` retired: closed when they come back.
+        self._retired: set[PooledServer] = set()
         #: Why the pool was closed (shutdown, or gone from the config): what late check-ins
         #: are closed with.
         self.closed_with = CloseReason.SHUTDOWN
@@ -274,7 +276,8 @@ class Pool:
     def check_done(self, server: PooledServer, ok: bool, now: float | None = None) -> None:
         """The driver's health check of `server` finished."""
         self.testing.discard(server)
-        if ok and server.state is not S_CLOSED and not self.closed:
+        if ok and server.state is not S_CLOSED and not self.closed \
+                and not (self._retired and server in self._retired):
             server.last_used = self.clock() if now is None else now
             self._hand_out(server, now)
             return
@@ -295,6 +298,7 @@ class Pool:
         if now is None:
             now = self.clock()
         if server.state is S_CLOSED:
+            self._retired.discard(server)
             self._maybe_open(now)
             return
         if server.client is not None or not server.reusable():
@@ -307,6 +311,10 @@ class Pool:
         server.last_used = now
         if self.closed:
             self._close(server, self.closed_with)
+            return
+        if self._retired and server in self._retired:
+            self._close(server, CloseReason.CONFIG_RELOAD)
+            self._maybe_open(now)
             return
         if now >= server.expires_at and self._lifetime_budget > 0:
             # At most a few lifetime closes per janitor period, so a pool opened all at once
@@ -329,6 +337,25 @@ class Pool:
         while self.idle and self.waiters:
             self._hand_out(self.idle.pop(), now)
         self._maybe_open(now)
+
+    def renew(self, now: float | None = None) -> None:
+        """Replace every server (how they connect changed, e.g. server_tls, on reload): idle
+        ones close now, busy and tested ones when they come back, so the pool never mixes
+        old and new connections."""
+        while self.idle:
+            self._close(self.idle.popleft(), CloseReason.CONFIG_RELOAD)
+        self._retired.update(self.active)
+        self._retired.update(self.testing)
+        self._maybe_open(now)
+
+    def adopt(self, server: PooledServer, now: float | None = None) -> None:
+        """A server opened outside the driver (passthrough's check of a client's password)
+        joins the pool, or is closed when the pool has no room for it."""
+        if self.closed or self.total >= self.limit:
+            self._close(server, CloseReason.POOL_LIMIT)
+            return
+        self.opening += 1
+        self.opened(server, now)
 
     def reconfigured(self, now: float | None = None) -> None:
         """Settings changed (reload): trim idle servers over a smaller pool_size now, open
@@ -354,6 +381,7 @@ class Pool:
         if server.state is not S_CLOSED:
             self._close(server, reason)
         else:
+            self._retired.discard(server)
             self._count_close(reason)
         self._maybe_open(now)
 
@@ -380,6 +408,7 @@ class Pool:
         self.idle.append(server)
 
     def _close(self, server: PooledServer, reason: CloseReason) -> None:
+        self._retired.discard(server)
         self._count_close(reason)
         server.close(reason)
 

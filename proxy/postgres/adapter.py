@@ -14,7 +14,8 @@ from .client import ClientConnection
 from .server import ServerConnection, open_server, send_cancel
 
 if TYPE_CHECKING:
-    from ..core.listener import ListenerRuntime, ServerTls
+    from ..core.listener import ListenerRuntime
+    from ..core.server import ServerTls
 
 
 class PostgresAdapter:

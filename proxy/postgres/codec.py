@@ -475,6 +475,36 @@ def data_row(values: Iterable[object]) -> bytes:
     return message(b"D", bytes(body))
 
 
+def parse_data_row(body: bytes) -> list[str | None]:
+    """A DataRow's columns as text (None for NULL); the inverse of `data_row`'s body."""
+    count = int.from_bytes(body[:2], "big")
+    out: list[str | None] = []
+    pos = 2
+    for _ in range(count):
+        length = int.from_bytes(body[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if length < 0:
+            out.append(None)
+        else:
+            out.append(body[pos:pos + length].decode("utf-8", "replace"))
+            pos += length
+    return out
+
+
+def extended_query(sql: str, params: Iterable[str]) -> bytes:
+    """Parse, Bind, Execute and Sync of `sql` (unnamed statement and portal) with text
+    parameters: values travel apart from the SQL, never quoted into it."""
+    values = list(params)
+    bind = bytearray(b"\x00\x00\x00\x00" + struct.pack("!H", len(values)))
+    for value in values:
+        raw = value.encode("utf-8", "surrogateescape")
+        bind += struct.pack("!i", len(raw)) + raw
+    bind += b"\x00\x00"
+    return b"".join((message(b"P", b"\x00" + cstr(sql) + b"\x00\x00"),
+                     message(b"B", bytes(bind)), message(b"E", b"\x00\x00\x00\x00\x00"),
+                     message(b"S")))
+
+
 def command_complete(tag: str) -> bytes:
     return message(b"C", cstr(tag))
 

@@ -7,7 +7,6 @@ adds the hot path once the client is logged in.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -279,8 +278,9 @@ class ClientLogin(ClientSession[ServerConnection]):
             # Trust still means "a configured user": we need its password to log in upstream,
             # and an unlisted name must not become a server login attempt.
             if lst.config.user(self.user) is None:
-                raise AuthFailed(f'password authentication failed for user "{self.user}"',
-                                 hint="the user is not configured on this poolproxy listener")
+                denied = self._denied()
+                denied.hint = "the user is not configured on this poolproxy listener"
+                raise denied
             self._auth_ok()
         elif auth == "md5":
             self._md5_salt = os.urandom(4)
@@ -338,20 +338,16 @@ class ClientLogin(ClientSession[ServerConnection]):
         self.send(codec.auth_request(codec.AUTH_CLEARTEXT))
 
     def _on_password(self, password: str) -> None:
-        """passthrough: a listed user's password, or the one a server accepted before
-        (verifier), passes at once; anything else is tried on a server login first."""
-        lst = self.listener
-        fail = AuthFailed(f'password authentication failed for user "{self.user}"')
-        if self._password:  # listed with a password (an empty one means "not configured")
-            if not hmac.compare_digest(self._password.encode(), password.encode()):
-                raise fail
+        """passthrough: judged at once when it can be (listed user, recent server check),
+        else by a server login first."""
+        verdict = self.listener.passthrough_verdict(self.database, self.user, password)
+        if verdict is None:
+            self._auth_step = None
+            self.listener.spawn(self._validate_password(password))
+        elif verdict:
             self._auth_ok()
-            return
-        if lst.passthrough_matches(self.database, self.user, password):
-            self._auth_ok()
-            return
-        self._auth_step = None
-        lst.spawn(self._validate_password(password))
+        else:
+            raise self._denied()
 
     async def _validate_password(self, password: str) -> None:
         lst = self.listener
@@ -363,10 +359,13 @@ class ClientLogin(ClientSession[ServerConnection]):
         if self.transport is None or self.transport.is_closing():
             return
         if not ok:
-            self._refuse_login(AuthFailed(
-                f'password authentication failed for user "{self.user}"'))
+            self._refuse_login(self._denied())
             return
         self._auth_ok()
+
+    def _denied(self) -> AuthFailed:
+        """The one error for an unknown user and a wrong password."""
+        return AuthFailed(f'password authentication failed for user "{self.user}"')
 
     def _parse_options(self, options: str) -> None:
         tokens = options.split()
@@ -391,7 +390,7 @@ class ClientLogin(ClientSession[ServerConnection]):
 
     def _on_auth_message(self, body: bytes) -> None:
         step = self._auth_step
-        fail = AuthFailed(f'password authentication failed for user "{self.user}"')
+        fail = self._denied()
         if step == "password":
             self._on_password(body.rstrip(b"\x00").decode("utf-8", "surrogateescape"))
         elif step == "md5":

@@ -17,7 +17,7 @@ from ..auth import md5 as md5auth
 from ..auth import scram
 from ..auth.credentials import Credential, ScramKeys
 from ..core.requests import REPLACE, RESULT, SWALLOW
-from ..core.server import ServerSession, connect_and_login, open_transport
+from ..core.server import ServerSession, ServerTls, connect_and_login, open_transport
 from ..core.session import ClientSession
 from ..core.starttls import TlsHandshakeFailed, upgrade
 from ..errors import ServerConnectionLost, ServerLoginError, ServerTlsError, ServerUnavailable
@@ -574,16 +574,7 @@ class ServerConnection(ServerSession):
                            ) -> list[list[str | None]]:
         """Run `sql` with text parameters ($1, ...) through the extended protocol while
         unlinked (no quoting of values into SQL); the rows as text. Errors raise."""
-        bind = bytearray(b"\x00\x00" + b"\x00\x00" + len(params).to_bytes(2, "big"))
-        for value in params:
-            data = value.encode()
-            bind += len(data).to_bytes(4, "big") + data
-        bind += b"\x00\x00"
-        request = b"".join((
-            codec.message(b"P", b"\x00" + codec.cstr(sql) + b"\x00\x00"),
-            codec.message(b"B", bytes(bind)),
-            codec.message(b"E", b"\x00" + b"\x00\x00\x00\x00"),
-            codec.message(b"S")))
+        request = codec.extended_query(sql, params)
         rows: list[list[str | None]] = []
         errors = await self._exchange(request, timeout, repr(sql), rows)
         if errors:
@@ -611,7 +602,7 @@ class ServerConnection(ServerSession):
                     self.tx_status = body[0]
                     return errors
                 elif t == 0x44 and rows is not None:  # DataRow, as text
-                    rows.append(_data_row(body))
+                    rows.append(codec.parse_data_row(body))
         except TimeoutError:
             raise ServerConnectionLost(f"server did not answer {what} within {timeout:g}s") from None
         finally:
@@ -619,23 +610,9 @@ class ServerConnection(ServerSession):
             self._inbox.clear()
 
 
-def _data_row(body: bytes) -> list[str | None]:
-    count = int.from_bytes(body[:2], "big")
-    out: list[str | None] = []
-    pos = 2
-    for _ in range(count):
-        length = int.from_bytes(body[pos:pos + 4], "big", signed=True)
-        pos += 4
-        if length < 0:
-            out.append(None)
-        else:
-            out.append(body[pos:pos + length].decode("utf-8", "replace"))
-            pos += length
-    return out
-
-
 async def open_server(pool: Pool, host: str, port: int, user: str, password: Credential | None,
-                      dbname: str, connect_timeout: float, tls: Any = None) -> ServerConnection:
+                      dbname: str, connect_timeout: float,
+                      tls: ServerTls | None = None) -> ServerConnection:
     """Connect and log in; raise ServerUnavailable / ServerLoginError on failure. `tls`:
     (context, required, server_hostname) to ask for TLS first."""
     loop = asyncio.get_running_loop()

@@ -638,3 +638,18 @@ def test_classify_own_parameter_sync_statement_is_not_pinned() -> None:
     sql = sync_sql({"TimeZone": "UTC", "search_path": '"$user", public',
                     "application_name": "it's"})
     assert classify(sql.encode(), TRACKED) is None
+
+
+def test_parse_data_row_reads_what_data_row_writes() -> None:
+    msg = c.data_row(["app", None, "é", ""])
+    assert c.parse_data_row(msg[5:]) == ["app", None, "é", ""]
+
+
+def test_extended_query_frames_parse_bind_execute_sync() -> None:
+    out = c.extended_query("SELECT $1", ["o'brien"])
+    reader = c.MessageReader()
+    msgs = reader.feed(out)
+    assert [chr(t) for t, _ in msgs] == ["P", "B", "E", "S"]
+    assert msgs[0][1] == b"\x00SELECT $1\x00\x00\x00"
+    # unnamed portal and statement, no format codes, one parameter, no result formats
+    assert msgs[1][1] == b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x07o'brien\x00\x00"

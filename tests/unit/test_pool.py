@@ -170,6 +170,40 @@ def test_checkin_closed_server_is_not_parked() -> None:
     run(main)
 
 
+def test_renew_closes_idle_now_and_busy_servers_when_they_come_back() -> None:
+    async def main() -> None:
+        pool, connect, _ = make_pool(pool_size=3)
+        idle, busy, _third = await fill_idle(pool, 3)
+        assert pool.checkout(FakeWaiter()) is _third
+        assert pool.checkout(FakeWaiter()) is busy
+        pool.renew()
+        assert idle.closed_with == [CloseReason.CONFIG_RELOAD] and not pool.idle
+        assert busy.closed_with == [] and _third.closed_with == []
+        pool.checkin(busy)  # clean, but from before the renewal: closed, never parked
+        assert busy.closed_with == [CloseReason.CONFIG_RELOAD]
+        assert busy not in pool.idle and busy not in pool.active
+        (fresh,) = await fill_idle(pool, 1)
+        assert pool.checkout(FakeWaiter()) is fresh
+        pool.checkin(fresh)  # opened after the renewal: kept
+        assert fresh in pool.idle and fresh.closed_with == []
+        assert pool.stats.closed == {"config_reload": 2}
+    run(main)
+
+
+def test_adopt_joins_the_pool_within_its_size() -> None:
+    async def main() -> None:
+        pool, connect, _ = make_pool(pool_size=1)
+        outside = await connect(pool)
+        pool.adopt(outside)
+        assert list(pool.idle) == [outside] and pool.stats.opened == 1
+        w = FakeWaiter()
+        assert pool.checkout(w) is outside  # an adopted server serves like any other
+        extra = await connect(pool)
+        pool.adopt(extra)  # no room: closed
+        assert extra.closed_with == [CloseReason.POOL_LIMIT] and pool.total == 1
+    run(main)
+
+
 # --------------------------------------------------------------------------- lifetime
 
 
