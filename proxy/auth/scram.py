@@ -16,6 +16,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 import stringprep
 import unicodedata
@@ -130,7 +131,8 @@ def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.new(key, msg, hashlib.sha256).digest()
+    # hmac.digest: OpenSSL's one-shot HMAC, without the Python-level HMAC object.
+    return hmac.digest(key, msg, "sha256")
 
 
 def _sha256(data: bytes) -> bytes:
@@ -245,10 +247,13 @@ def _new_nonce() -> str:
     return _b64(secrets.token_bytes(_NONCE_BYTES))
 
 
+_PRINTABLE = re.compile(r"[!-+\--~]*")
+
+
 def _is_printable(value: str) -> bool:
     # RFC 5802 "printable": %x21-2B / %x2D-7E, i.e. visible ASCII except ','. Nonces must be
     # this, and checking it up front also guarantees that .encode("ascii") cannot fail later.
-    return all("!" <= c <= "~" and c != "," for c in value)
+    return _PRINTABLE.fullmatch(value) is not None
 
 
 def _decode(data: bytes, what: str) -> str:

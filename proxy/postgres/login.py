@@ -390,7 +390,6 @@ class ClientLogin(ClientSession[ServerConnection]):
 
     def _on_auth_message(self, body: bytes) -> None:
         step = self._auth_step
-        fail = self._denied()
         if step == "password":
             self._on_password(body.rstrip(b"\x00").decode("utf-8", "surrogateescape"))
         elif step == "md5":
@@ -404,11 +403,11 @@ class ClientLogin(ClientSession[ServerConnection]):
                     good = False
                 if not good:
                     self._failed_lookup()
-                    raise fail
+                    raise self._denied()
                 self.listener.learn(self.user, secret)
             elif not self._password or not md5auth.verify_md5(response, self.user,
                                                               self._password, self._md5_salt):
-                raise fail
+                raise self._denied()
             self._auth_ok()
         elif step == "sasl-first":
             mech, data = codec.parse_sasl_initial(body)
@@ -427,7 +426,7 @@ class ClientLogin(ClientSession[ServerConnection]):
                 reply = self._scram.handle_client_final(body)
             except scram.ScramError:
                 self._failed_lookup()
-                raise fail from None
+                raise self._denied() from None
             looked_up = self._looked_up
             if looked_up is not None:  # auth.query: log in to servers with the proof's key
                 client_key = self._scram.client_key
@@ -437,7 +436,7 @@ class ClientLogin(ClientSession[ServerConnection]):
             elif self._looked_up_password is not None:
                 self.listener.learn(self.user, self._looked_up_password)
             elif self._password is None:  # unknown user: the mock verifier cannot succeed
-                raise fail
+                raise self._denied()
             self.send(codec.auth_request(codec.AUTH_SASL_FINAL, reply))
             self._auth_ok()
         else:

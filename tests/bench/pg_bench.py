@@ -252,12 +252,13 @@ class PgBouncer(ChildProcess):
     """PgBouncer in transaction mode in front of ``pg``, configured from a generated ini file."""
 
     def __init__(self, workdir: Path, pg: PgServer, pool_size: int, secret: str,
-                 build: BouncerBuild, tls: tuple[Path, Path] | None = None) -> None:
+                 build: BouncerBuild, tls: tuple[Path, Path] | None = None,
+                 port: int | None = None, reuseport: bool = False) -> None:
         self.build = build
         # PgBouncer refuses to run as root; run it as the account the harness runs PostgreSQL as.
         self.user: ServiceUser | None = service_user("postgres")
         self.workdir = prepare_dir(workdir, self.user)
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.ini = self.workdir / "pgbouncer.ini"
         self.logfile = self.workdir / "pgbouncer.log"
         userlist = self.workdir / "userlist.txt"
@@ -277,6 +278,9 @@ class PgBouncer(ChildProcess):
             "listen_addr = 127.0.0.1",
             f"listen_port = {self.port}",
             "unix_socket_dir =",
+            # so_reuseport: several processes share the port (PgBouncer's way to use more
+            # than one core; each has its own pools).
+            *(["so_reuseport = 1"] if reuseport else []),
             "pool_mode = transaction",
             f"default_pool_size = {pool_size}",
             "max_client_conn = 1000",
@@ -339,6 +343,44 @@ class PgBouncer(ChildProcess):
         )
 
 
+class PgBouncerGroup:
+    """``processes`` PgBouncers of one build on one port with ``so_reuseport = 1``, as PgBouncer's
+    documentation suggests for using several cores. The pool size is split over them (as
+    poolproxy's ``workers:`` splits it), so the group holds as many server connections as one
+    process would."""
+
+    def __init__(self, workdir: Path, pg: PgServer, pool_size: int, secret: str,
+                 build: BouncerBuild, processes: int) -> None:
+        self.port = free_port()
+        sizes = [pool_size // processes + (1 if i < pool_size % processes else 0)
+                 for i in range(processes)]
+        self.members = [PgBouncer(workdir / f"p{i + 1}", pg, max(1, size), secret, build,
+                                  port=self.port, reuseport=True)
+                        for i, size in enumerate(sizes)]
+
+    def start(self) -> None:
+        for member in self.members:
+            member.start()
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def is_running(self) -> bool:
+        return all(member.is_running() for member in self.members)
+
+    @property
+    def pid(self) -> int | None:
+        return self.members[0].pid
+
+    def pids(self) -> list[int]:
+        return [pid for member in self.members if (pid := member.pid) is not None]
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(f"[{member.workdir.name}]\n{member.log_tail(lines)}"
+                         for member in self.members)
+
+
 def pg_poolproxy(workdir: Path, pg: PgServer, pool_size: int, admin: bool = False,
                  workers: int = 1, tls: tuple[Path, Path] | None = None) -> Poolproxy:
     """poolproxy with one PostgreSQL listener ("pg") for app in front of ``pg``."""
@@ -349,7 +391,15 @@ def pg_poolproxy(workdir: Path, pg: PgServer, pool_size: int, admin: bool = Fals
     return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers)
 
 
-Pooler = PgBouncer | Poolproxy | Forwarder
+Pooler = PgBouncer | PgBouncerGroup | Poolproxy | Forwarder
+
+
+def pooler_pids(pooler: Pooler | None) -> list[int]:
+    """The processes whose CPU counts as the pooler's: the process tree of each process."""
+    if pooler is None or pooler.pid is None:
+        return []
+    roots = pooler.pids() if isinstance(pooler, PgBouncerGroup) else [pooler.pid]
+    return [pid for root in roots for pid in process_tree(root)]
 
 
 # --------------------------------------------------------------------------- pgbench
@@ -409,7 +459,7 @@ def run_pgbench(
     ]
     result = RunResult(mode=mode, target=target, clients=clients, threads=threads,
                        duration=duration, command=cmd)
-    pids = process_tree(pooler.pid) if pooler is not None and pooler.pid is not None else []
+    pids = pooler_pids(pooler)
     cpu_before = cpu_seconds(pids)
     pgbench_before = children_cpu_seconds()
     stdout, stderr = "", ""
@@ -548,6 +598,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="what PgBouncer's userlist.txt holds for app: the plain password "
                              "(default) or the server's SCRAM verifier")
     add_metrics_cost_args(parser)
+    parser.add_argument("--scaling", type=int, metavar="N", default=None,
+                        help="instead of the usual comparison: every PgBouncer as one process and"
+                             " as N processes sharing the port (so_reuseport), against poolproxy"
+                             " with workers: 1 and workers: N (the pool size split over the"
+                             " processes in both); see tests/bench/README.md")
     parser.add_argument("--client-tls", action="store_true",
                         help="clients connect with sslmode=require to every target")
     parser.add_argument("--tls-storm", action="store_true",
@@ -561,6 +616,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.modes = ",".join(DEFAULT_COST_MODES if args.metrics_cost else DEFAULT_MODES)
     args.modes = split_choices(parser, "modes", args.modes, MODES)
     check_metrics_cost_args(parser, args)
+    if args.scaling is not None and (args.scaling < 2 or args.metrics_cost or args.tls_storm):
+        parser.error("--scaling N needs N >= 2 and neither --metrics-cost nor --tls-storm")
     if args.connect_clients is None:
         args.connect_clients = args.clients
     if not args.pgbouncer:
@@ -665,6 +722,89 @@ def metrics_cost(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: 
     cost_runs = measure_metrics_cost([(m, mode_label(m)) for m in args.modes], args.repeat,
                                      args.scrape_interval, admin_off, scraped, run_one)
     return results, cost_runs
+
+
+def scaling_targets(builds: list[BouncerBuild], n: int) -> list[tuple[str, str]]:
+    """(single-process target, N-process target) pairs: each PgBouncer build, then poolproxy."""
+    return [*((b.label, f"{b.label}-x{n}") for b in builds), ("poolproxy", f"poolproxy-w{n}")]
+
+
+def scaling(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
+            cleanup: Cleanup, builds: list[BouncerBuild]) -> list[RunResult]:
+    """--scaling N: one process against N, for PgBouncer (so_reuseport) and poolproxy
+    (workers: N), every target in every round."""
+    n = args.scaling
+    secret = APP_PASSWORD
+    if builds and args.pgbouncer_secret == "scram":
+        secret = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                            (APP_USER,))[0][0]
+    poolers: dict[str, Pooler] = {}
+    for build in builds:
+        name = build.label.replace("#", "-")
+        single = PgBouncer(workdir / name, pg, args.pool_size, secret, build)
+        group = PgBouncerGroup(workdir / f"{name}-x{n}", pg, args.pool_size, secret, build, n)
+        poolers[build.label], poolers[f"{build.label}-x{n}"] = single, group
+    poolers["poolproxy"] = pg_poolproxy(workdir / "poolproxy", pg, args.pool_size)
+    poolers[f"poolproxy-w{n}"] = pg_poolproxy(workdir / f"poolproxy-w{n}", pg, args.pool_size,
+                                              workers=n)
+    for name, pooler in poolers.items():
+        cleanup.add(name, pooler.stop)
+        pooler.start()
+        print(f"{name} on 127.0.0.1:{pooler.port}", flush=True)
+    warm_up(args, pgbench, pg)
+    targets = ["direct", *poolers]
+    ports = {"direct": pg.port, **{name: p.port for name, p in poolers.items()}}
+    unsupported = {(m, t): b.unsupported(m) for m in args.modes for b in builds
+                   for t in (b.label, f"{b.label}-x{n}")}
+    width = max(len(t) for t in targets)
+    rounds = {m: args.rounds if "-C" not in MODES[m] else 1 for m in args.modes}
+    print(f"scaling: {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
+          flush=True)
+    results: list[RunResult] = []
+    for mode, round_no, target in [(m, i, t) for m in args.modes for i in range(rounds[m])
+                                   for t in targets]:
+        clients = args.connect_clients if "-C" in MODES[mode] else args.clients
+        if unsupported.get((mode, target)):
+            continue
+        pooler = poolers.get(target)
+        result = run_pgbench(pgbench, mode, target, ports[target], clients, args.threads,
+                             args.duration, pooler)
+        result.round = round_no + 1
+        results.append(result)
+        cpu = result.cpu_ms_per_1000
+        print(f"  {mode:<9} {target:<{width}} {round_no + 1}/{rounds[mode]} tps"
+              f" {fmt(result.tps):>8}  latency {fmt(result.latency_ms, 2):>6} ms"
+              + (f"  CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
+              + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
+              flush=True)
+        time.sleep(1.0)
+    return results
+
+
+def scaling_table(results: list[RunResult], modes: list[str], builds: list[BouncerBuild],
+                  n: int) -> str:
+    """One row per (mode, pooler): tps and CPU with 1 and with N processes, the gain, and the
+    N-process poolproxy against each N-process PgBouncer."""
+    by_key = median_runs(results, "mode")
+    pairs = scaling_targets(builds, n)
+    header = ["mode", "pooler", "direct tps", "1 process tps", f"{n} processes tps",
+              f"{n} / 1", "CPU µs/txn 1 process", f"CPU µs/txn {n} processes",
+              *(f"poolproxy-w{n} / {b.label}-x{n}" for b in builds)]
+    rows = []
+    for mode in modes:
+        for one, many in pairs:
+            if any(r.unsupported for r in results if r.mode == mode and r.target == one):
+                continue
+            rows.append([
+                mode_label(mode), one, cell(by_key.get((mode, "direct")), "tps"),
+                cell(by_key.get((mode, one)), "tps"), cell(by_key.get((mode, many)), "tps"),
+                paired_ratio(results, "mode", mode, many, one),
+                cell(by_key.get((mode, one)), "cpu_ms_per_1000", 1),
+                cell(by_key.get((mode, many)), "cpu_ms_per_1000", 1),
+                *((paired_ratio(results, "mode", mode, f"poolproxy-w{n}", f"{b.label}-x{n}")
+                   if one == "poolproxy" else "") for b in builds),
+            ])
+    return "\n".join(table_lines(header, rows))
 
 
 def tls_storm(args: argparse.Namespace, pg: PgServer, workdir: Path, cleanup: Cleanup,
@@ -786,6 +926,8 @@ def main(argv: list[str] | None = None) -> int:
         cost_runs: list[CostRun] = []
         if args.metrics_cost:
             results, cost_runs = metrics_cost(args, pgbench, pg, workdir, cleanup)
+        elif args.scaling:
+            results = scaling(args, pgbench, pg, workdir, cleanup, builds)
         else:
             results = compare(args, pgbench, pg, workdir, cleanup, builds)
 
@@ -811,6 +953,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": args.scale,
             "pool_size": args.pool_size,
             "poolproxy_workers": args.workers,
+            "scaling": args.scaling,
         }
         print()
         if args.metrics_cost:
@@ -828,9 +971,15 @@ def main(argv: list[str] | None = None) -> int:
                 " run or its scrapes had problems, see below."
             )
         else:
-            print(markdown_table(results, args.modes, [b.label for b in builds]))
+            if args.scaling:
+                print(scaling_table(results, args.modes, builds, args.scaling))
+            else:
+                print(markdown_table(results, args.modes, [b.label for b in builds]))
             print()
             print(
+                (f"{args.scaling} processes: PgBouncer with so_reuseport = 1, poolproxy with"
+                 f" workers: {args.scaling}; the pool size is split over the processes in both. "
+                 if args.scaling else "") +
                 f"{meta['cpus']} CPUs, PostgreSQL {pg_version},"
                 f" {', '.join(b.version for b in builds) or 'no PgBouncer'},"
                 f" poolproxy {meta['poolproxy_commit']};"
