@@ -10,7 +10,7 @@ while it reads, then wakes the peers together. Measured with pgbench -S (docs/be
 
 Rules that keep this invisible to the protocols:
 - Every write to a session's transport goes through its loop's `Outbox`, so the bytes for one
-  socket leave in the order they were queued.
+  socket leave in the order they were queued (joined: one write per socket per batch).
 - `close()` sends what is queued first, so an error written just before closing still goes out.
 - A transport closed after its bytes were queued drops them (as a closed socket would).
 - `discard()` takes back what is still queued for a transport whose peer is gone, and says how
@@ -52,7 +52,9 @@ class Outbox:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write everything queued, in order."""
+        """Write everything queued, in order: one write per transport, its chunks joined (a
+        login's AuthenticationOk, ParameterStatus and ReadyForQuery, or a response that came
+        in several reads, leave in one system call)."""
         self._scheduled = False
         items = self._items
         if self._dropped:
@@ -60,15 +62,30 @@ class Outbox:
         if not items:
             return
         self._items = []
+        if len(items) == 1:
+            self._write(*items[0])
+            return
+        merged: dict[Any, Any] = {}
         for transport, data in items:
-            try:
-                transport.write(data)
-            except RuntimeError:
-                # Closed since (uvloop refuses writes to a closed transport): these bytes
-                # never left.
-                self._dropped[transport] = self._dropped.get(transport, 0) + len(data)
-            except Exception:  # never lose the rest of the batch
-                log.exception("write to %r failed", transport)
+            queued = merged.get(transport)
+            if queued is None:
+                merged[transport] = data
+            elif type(queued) is list:
+                queued.append(data)
+            else:
+                merged[transport] = [queued, data]
+        for transport, queued in merged.items():
+            self._write(transport, b"".join(queued) if type(queued) is list else queued)
+
+    def _write(self, transport: Any, data: bytes) -> None:
+        try:
+            transport.write(data)
+        except RuntimeError:
+            # Closed since (uvloop refuses writes to a closed transport): these bytes never
+            # left.
+            self._dropped[transport] = self._dropped.get(transport, 0) + len(data)
+        except Exception:  # never lose the rest of the batch
+            log.exception("write to %r failed", transport)
 
     def discard(self, transport: Any) -> int:
         """Drop what is queued for `transport` (its peer is gone) and return the number of

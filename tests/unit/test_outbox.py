@@ -1,5 +1,5 @@
-"""The outbox: deferred writes keep per-socket order, go out once per loop batch, survive closed
-transports, and `close()` sends what was queued first."""
+"""The outbox: deferred writes keep per-socket order, go out once per loop batch (one write per
+socket), survive closed transports, and `close()` sends what was queued first."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def test_writes_wait_for_the_batch_and_keep_order(loop: Any) -> None:
         await asyncio.sleep(0)
         return list(log)
 
-    assert loop.run_until_complete(main()) == [("a", b"1"), ("b", b"x"), ("a", b"2")]
+    # One write per transport per batch, its chunks joined in the order they were queued.
+    assert loop.run_until_complete(main()) == [("a", b"12"), ("b", b"x")]
 
 
 def test_one_flush_per_batch(loop: Any) -> None:
@@ -70,7 +71,7 @@ def test_one_flush_per_batch(loop: Any) -> None:
         box.write(t, bytes([i]))
     assert len(scheduled) == 1
     scheduled[0]()
-    assert [d for _, d in log] == [bytes([i]) for i in range(10)]
+    assert log == [("t", bytes(range(10)))]  # one write, in order
     box.write(t, b"next")  # a new batch schedules a new flush
     assert len(scheduled) == 2
 
@@ -189,3 +190,20 @@ def test_uvloop_refuses_writes_to_a_transport_whose_peer_reset() -> None:
         assert loop.run_until_complete(main()) == (True, "7")
     finally:
         loop.close()
+
+
+def test_a_refused_joined_write_counts_every_chunk(loop: Any) -> None:
+    """Chunks joined into one write are refused together, and `discard` counts all of them."""
+    log: list[tuple[str, bytes]] = []
+    dead, alive = Recorder(log, "dead", closed=True), Recorder(log, "alive")
+
+    async def main() -> int:
+        box = Outbox(asyncio.get_running_loop())
+        box.write(dead, b"ab")
+        box.write(alive, b"x")
+        box.write(dead, b"cde")
+        box.flush()
+        return box.discard(dead)
+
+    assert loop.run_until_complete(main()) == 5
+    assert log == [("alive", b"x")]
