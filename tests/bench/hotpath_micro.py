@@ -1,7 +1,9 @@
-"""Micro-benchmark of poolproxy's PostgreSQL hot path in pure Python (no sockets).
+"""Micro-benchmark of poolproxy's hot paths in Python (no sockets).
 
 Feeds pgbench-like client messages and server responses through the real ClientConnection /
-ServerConnection objects with in-memory transports, and prints the Python cost per transaction.
+ServerConnection objects with in-memory transports, and prints the Python cost per transaction
+(PostgreSQL simple, extended and prepared; MySQL COM_QUERY and COM_STMT_EXECUTE) and per
+PostgreSQL SCRAM login.
 Run: python tests/bench/hotpath_micro.py
 """
 
@@ -201,8 +203,87 @@ admin: {listen: null}
     return dt / n * 1e6
 
 
+class LoginTransport(FakeTransport):
+    """A client transport that keeps what poolproxy sends (the login's answers are read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self.data = bytes(self.data), bytearray()
+        return data
+
+
+async def run_login(n: int) -> float:
+    """A PostgreSQL SCRAM-SHA-256 login (startup, SASL initial and final, AuthenticationOk,
+    ParameterStatus, ReadyForQuery), then Terminate and connection_lost: poolproxy's side only
+    (the client's proofs are computed outside the timed part, from keys derived once)."""
+    from proxy.auth import scram
+    from proxy.postgres.adapter import PostgresAdapter
+
+    cfg = parse_config("""
+listeners:
+  - {name: pg, protocol: postgres, listen: "127.0.0.1:1", server: {host: 127.0.0.1, port: 2},
+     auth: {type: scram-sha-256}, users: [{name: app, password: pw}]}
+admin: {listen: null}
+""")
+    loop = asyncio.get_running_loop()
+    rt = ListenerRuntime(cfg.listeners[0], PostgresAdapter(), loop, time.monotonic)
+    pool = rt.get_pool("app", "app")
+    # A pool that has seen a server already (as after the first login of a running proxy).
+    pool.server_params = {"TimeZone": "UTC", "client_encoding": "UTF8", "DateStyle": "ISO, MDY",
+                          "server_version": "15.0", "application_name": "pgbench"}
+    startup = codec.startup_message({"user": "app", "database": "app",
+                                     "application_name": "pgbench"})
+    flush = outbox_for(loop).flush
+    keys: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
+    spent = 0.0
+    for _ in range(n):
+        client = rt.new_client()
+        transport = LoginTransport()
+        t0 = time.process_time()
+        client.connection_made(transport)
+        client.data_received(startup)
+        flush()
+        spent += time.process_time() - t0
+        transport.take()
+        verifier = client._scram._verifier
+        salt = (verifier.salt, verifier.iterations)
+        if salt not in keys:
+            keys[salt] = scram.ScramClient("pw")._keys_for(*salt)
+        proof = scram.ScramClient("pw")
+        proof._keys_for = lambda _salt, _iterations, k=keys[salt]: k  # type: ignore[method-assign]
+        first = codec.sasl_initial_response(scram.MECHANISM, proof.client_first())
+        t0 = time.process_time()
+        client.data_received(first)
+        flush()
+        spent += time.process_time() - t0
+        continue_ = transport.take()
+        final = codec.sasl_response(proof.handle_server_first(continue_[9:]))
+        t0 = time.process_time()
+        client.data_received(final)
+        flush()
+        spent += time.process_time() - t0
+        assert transport.take().endswith(codec.ready_for_query(b"I")), "the login failed"
+        t0 = time.process_time()
+        client.data_received(codec.TERMINATE)
+        client.connection_lost(None)
+        flush()
+        spent += time.process_time() - t0
+    return spent / n * 1e6
+
+
 if __name__ == "__main__":
     best = min(asyncio.run(run_mysql(30000)) for _ in range(3))
     print(f"mysql     {best:6.2f} µs of Python per transaction")
     best = min(asyncio.run(run_mysql(30000, prepared=True)) for _ in range(3))
     print(f"mysql-ps  {best:6.2f} µs of Python per transaction (COM_STMT_EXECUTE)")
+    best = min(asyncio.run(run_login(3000)) for _ in range(3))
+    print(f"login     {best:6.2f} µs of Python per PostgreSQL SCRAM login")
