@@ -630,10 +630,7 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
     """The usual benchmark: every mode against direct PostgreSQL, each PgBouncer in ``builds``
     and poolproxy."""
     poolers: dict[str, Pooler] = {}
-    secret = APP_PASSWORD
-    if builds and args.pgbouncer_secret == "scram":
-        secret = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
-                            (APP_USER,))[0][0]
+    secret = bouncer_secret(args, pg, builds)
     tls_files = None
     if args.client_tls:
         assert pg.pki is not None
@@ -659,17 +656,34 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
     ports = {"direct": pg.port, **{name: p.port for name, p in poolers.items()}}
 
     warm_up(args, pgbench, pg)
-    results: list[RunResult] = []
     targets = [name for t in TARGETS
                for name in ([b.label for b in builds] if t == "pgbouncer" else [t])
                if name in ports]
-    width = max(len(t) for t in targets)
+    unsupported = {(m, b.label): b.unsupported(m) for m in args.modes for b in builds}
     print(f"running {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
           flush=True)
+    return run_rounds(args, pgbench, targets, ports, poolers, unsupported)
+
+
+def bouncer_secret(args: argparse.Namespace, pg: PgServer, builds: list[BouncerBuild]) -> str:
+    """What PgBouncer's auth_file holds for app (--pgbouncer-secret)."""
+    if builds and args.pgbouncer_secret == "scram":
+        secret: str = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                                 (APP_USER,))[0][0]
+        return secret
+    return APP_PASSWORD
+
+
+def run_rounds(args: argparse.Namespace, pgbench: str, targets: list[str],
+               ports: dict[str, int], poolers: dict[str, Pooler],
+               unsupported: dict[tuple[str, str], str]) -> list[RunResult]:
+    """Every mode against every target, --rounds times interleaved (-C once); a mode a target
+    cannot run is recorded (and printed) once instead."""
+    results: list[RunResult] = []
+    width = max(len(t) for t in targets)
     # Rounds interleave the targets (direct, PgBouncers, poolproxy, ... then again), so a drift
     # in the machine's speed during the run hits every target alike; the table takes medians.
     rounds = {m: args.rounds if "-C" not in MODES[m] else 1 for m in args.modes}
-    unsupported = {(m, b.label): b.unsupported(m) for m in args.modes for b in builds}
     for mode, round_no, target in [(m, i, t) for m in args.modes for i in range(rounds[m])
                                    for t in targets]:
         clients = args.connect_clients if "-C" in MODES[mode] else args.clients
@@ -734,10 +748,7 @@ def scaling(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
     """--scaling N: one process against N, for PgBouncer (so_reuseport) and poolproxy
     (workers: N), every target in every round."""
     n = args.scaling
-    secret = APP_PASSWORD
-    if builds and args.pgbouncer_secret == "scram":
-        secret = pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
-                            (APP_USER,))[0][0]
+    secret = bouncer_secret(args, pg, builds)
     poolers: dict[str, Pooler] = {}
     for build in builds:
         name = build.label.replace("#", "-")
@@ -756,29 +767,9 @@ def scaling(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
     ports = {"direct": pg.port, **{name: p.port for name, p in poolers.items()}}
     unsupported = {(m, t): b.unsupported(m) for m in args.modes for b in builds
                    for t in (b.label, f"{b.label}-x{n}")}
-    width = max(len(t) for t in targets)
-    rounds = {m: args.rounds if "-C" not in MODES[m] else 1 for m in args.modes}
     print(f"scaling: {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
           flush=True)
-    results: list[RunResult] = []
-    for mode, round_no, target in [(m, i, t) for m in args.modes for i in range(rounds[m])
-                                   for t in targets]:
-        clients = args.connect_clients if "-C" in MODES[mode] else args.clients
-        if unsupported.get((mode, target)):
-            continue
-        pooler = poolers.get(target)
-        result = run_pgbench(pgbench, mode, target, ports[target], clients, args.threads,
-                             args.duration, pooler)
-        result.round = round_no + 1
-        results.append(result)
-        cpu = result.cpu_ms_per_1000
-        print(f"  {mode:<9} {target:<{width}} {round_no + 1}/{rounds[mode]} tps"
-              f" {fmt(result.tps):>8}  latency {fmt(result.latency_ms, 2):>6} ms"
-              + (f"  CPU {cpu:.1f} ms/1000 txn" if cpu is not None else "")
-              + ("" if result.ok else f"  PROBLEM: {result.error.splitlines()[0]}"),
-              flush=True)
-        time.sleep(1.0)
-    return results
+    return run_rounds(args, pgbench, targets, ports, poolers, unsupported)
 
 
 def scaling_table(results: list[RunResult], modes: list[str], builds: list[BouncerBuild],
