@@ -37,6 +37,7 @@ from tests.harness import (  # noqa: E402
     make_config,
     pg_listener,
 )
+from tests.harness.certs import Pki, make_pki  # noqa: E402
 
 
 class ProxyFactory:
@@ -81,6 +82,30 @@ def pg_server(servers_basedir: Path) -> Iterator[PgServer]:
 @pytest.fixture(scope="session")
 def mariadb_server(servers_basedir: Path) -> Iterator[MariaDbServer]:
     server = MariaDbServer.create(servers_basedir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Certificates made for this run (CA, server, client, expired, wrong host, ...)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def tls_pg(servers_basedir: Path, tls_pki: Pki) -> Iterator[PgServer]:
+    """PostgreSQL with TLS and users that may only log in over TLS (hostssl); a test that
+    swaps its certificate puts the usual one back."""
+    server = PgServer.create(servers_basedir, tls=tls_pki)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_mariadb(servers_basedir: Path, tls_pki: Pki) -> Iterator[MariaDbServer]:
+    """MariaDB with TLS and users that require it; a test that swaps its certificate puts the
+    usual one back."""
+    server = MariaDbServer.create(servers_basedir, tls=tls_pki)
     yield server
     server.stop()
 

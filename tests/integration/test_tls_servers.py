@@ -1,9 +1,9 @@
 """The harness's TLS-enabled PostgreSQL and MariaDB really enforce TLS for their TLS-only users
 (no proxy here: these are the servers the proxy's TLS tests will stand on).
 
-The module starts its own servers with ``create(tls=pki)`` (about a second each) rather than
-touching the shared ``pg_server``/``mariadb_server``; copy the ``tls_pki``/``tls_pg``/
-``tls_mariadb`` fixtures (or move them to conftest.py) to use them elsewhere::
+The TLS servers are their own (``create(tls=pki)``, about a second each), apart from the shared
+``pg_server``/``mariadb_server``: the session fixtures ``tls_pki``, ``tls_pg`` and
+``tls_mariadb`` in tests/conftest.py, which the proxy's TLS tests use too::
 
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     pg = PgServer.create(servers_basedir, tls=pki)       # app_tls: hostssl only; app_cert: cert
@@ -19,7 +19,6 @@ TLS can be turned on in a server that was started without it.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -27,30 +26,11 @@ import pymysql
 import pytest
 
 from tests.harness import MariaDbServer, PgServer
-from tests.harness.certs import Pki, make_pki
+from tests.harness.certs import Pki
 from tests.harness.mariadb import TLS_PASSWORD as MY_TLS_PASSWORD
 from tests.harness.mariadb import TLS_USER as MY_TLS_USER
 from tests.harness.mariadb import X509_USER
 from tests.harness.pgserver import CERT_USER, TLS_PASSWORD, TLS_USER
-
-
-@pytest.fixture(scope="module")
-def tls_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def tls_pg(servers_basedir: Path, tls_pki: Pki) -> Iterator[PgServer]:
-    server = PgServer.create(servers_basedir, tls=tls_pki)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def tls_mariadb(servers_basedir: Path, tls_pki: Pki) -> Iterator[MariaDbServer]:
-    server = MariaDbServer.create(servers_basedir, tls=tls_pki)
-    yield server
-    server.stop()
 
 
 def _pem_to_der(path: Path) -> bytes:
