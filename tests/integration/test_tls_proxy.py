@@ -267,7 +267,7 @@ def test_sighup_swaps_certificate_for_new_connections(tls_pg: PgServer, tls_pki:
         existing = psycopg.connect(pg_dsn(proc, tls_pki))
         assert proxy_certificate(port) == der(tls_pki.server.cert)
         renewed = tls_pki.authority.issue_files(tmp_path, "renewed", "localhost",
-                                            dns=("localhost",), ips=("127.0.0.1",))
+                                                dns=("localhost",), ips=("127.0.0.1",))
         shutil.copy(renewed.cert, certs / "server.crt")
         shutil.copy(renewed.key, certs / "server.key")
         proc.reload(config)
@@ -490,7 +490,7 @@ def test_oversized_client_certificate_is_refused(proxy: ProxyProcess, tls_pki: P
     handshake fails, poolproxy keeps serving."""
     names = [f"n{i:05d}.{'x' * 20}.example" for i in range(5000)]
     huge = tls_pki.authority.issue_files(tmp_path, "huge", TLS_USER, dns=names, server=False,
-                                     client=True)
+                                         client=True)
     assert huge.cert.stat().st_size > 150_000
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(pg_dsn(proxy, tls_pki, "pg_verify", sslcert=str(huge.cert),
