@@ -10,7 +10,7 @@ client); ``procs`` holds the process and polling helpers of the harness classes.
 from .mariadb import MariaDbServer
 from .pgserver import PgServer
 from .ports import free_port
-from .proxyproc import ProxyProcess, make_config, mysql_listener, pg_listener
+from .proxyproc import ProxyProcess, make_config, mysql_listener, pg_listener, run_cli
 
 __all__ = [
     "MariaDbServer",
@@ -20,4 +20,5 @@ __all__ = [
     "make_config",
     "mysql_listener",
     "pg_listener",
+    "run_cli",
 ]

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +42,19 @@ MYSQL_USERS: list[dict[str, str]] = [
     {"name": "app", "password": "app-secret"},
     {"name": "app2", "password": "app2-secret"},
 ]
+
+
+def run_cli(*args: str, cwd: Path = REPO_ROOT, env: Mapping[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m proxy ARGS`` run to its end (``--check``, ``--version``, a daemon that is to
+    refuse to start), its output captured. The environment is the test's without
+    POOLPROXY_CONFIG (only the config the arguments name counts), with the repository on
+    PYTHONPATH (any `cwd` works), plus `env`."""
+    full_env = {k: v for k, v in os.environ.items() if k != "POOLPROXY_CONFIG"}
+    full_env["PYTHONPATH"] = str(REPO_ROOT)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def split_address(listen: str) -> tuple[str, int]:

@@ -20,7 +20,15 @@ import pymysql
 import pytest
 import yaml
 
-from tests.harness import MariaDbServer, PgServer, ProxyProcess, make_config, mysql_listener, pg_listener
+from tests.harness import (
+    MariaDbServer,
+    PgServer,
+    ProxyProcess,
+    make_config,
+    mysql_listener,
+    pg_listener,
+    run_cli,
+)
 from tests.harness.ports import free_port
 
 DB_USER, DB_PASSWORD = "pp_dbonly", "dbonly-secret"
@@ -200,17 +208,22 @@ def my_connect(proxy: ProxyProcess, listener: str = "mysql", user: str = DB_USER
                            password=password, database="app", connect_timeout=10, **kwargs)
 
 
+def assert_logged_in_as_db_user(proxy: ProxyProcess, listener: str = "mysql") -> None:
+    """A MySQL login through `listener` as DB_USER reaches the server as that user."""
+    conn = my_connect(proxy, listener)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT CURRENT_USER()")
+            assert cur.fetchone()[0].startswith(DB_USER + "@")
+    finally:
+        conn.close()
+
+
 def test_mysql_auth_query_user_only_in_database(proxy: ProxyProcess) -> None:
     text = config_text(proxy)
     assert DB_PASSWORD not in text and DB_USER not in text
     for _ in range(3):
-        conn = my_connect(proxy)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT CURRENT_USER()")
-                assert cur.fetchone()[0].startswith(DB_USER + "@")
-        finally:
-            conn.close()
+        assert_logged_in_as_db_user(proxy)
 
 
 def test_mysql_wrong_password_and_unknown_user_fail_alike(proxy: ProxyProcess) -> None:
@@ -226,13 +239,7 @@ def test_mysql_wrong_password_and_unknown_user_fail_alike(proxy: ProxyProcess) -
 def test_mysql_passthrough(proxy: ProxyProcess) -> None:
     # PyMySQL answers mysql_clear_password (a loopback client, no TLS here).
     for _ in range(2):
-        conn = my_connect(proxy, "my_pass")
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT CURRENT_USER()")
-                assert cur.fetchone()[0].startswith(DB_USER + "@")
-        finally:
-            conn.close()
+        assert_logged_in_as_db_user(proxy, "my_pass")
     with pytest.raises(pymysql.err.OperationalError) as info:
         my_connect(proxy, "my_pass", password="wrong")
     assert info.value.args[0] == 1045
@@ -240,15 +247,11 @@ def test_mysql_passthrough(proxy: ProxyProcess) -> None:
 
 def test_config_needs_no_users_with_passthrough(tmp_path: Path) -> None:
     """A whole config without a single user or password validates."""
-    import subprocess
-    import sys
-
     config = {"listeners": [{"name": "pg", "protocol": "postgres", "listen": "127.0.0.1:6432",
                              "server": {"host": "127.0.0.1"}, "auth": {"type": "passthrough"}},
                             {"name": "my", "protocol": "mysql", "listen": "127.0.0.1:6033",
                              "server": {"host": "127.0.0.1"}, "auth": {"type": "passthrough"}}]}
     path = tmp_path / "poolproxy.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "proxy", "-c", str(path), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = run_cli("-c", str(path), "--check")
     assert result.returncode == 0, result.stderr

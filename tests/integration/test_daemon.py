@@ -16,7 +16,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from tests.harness import (
     make_config,
     mysql_listener,
     pg_listener,
+    run_cli,
 )
 from tests.harness.util import http_get_status
 
@@ -44,16 +44,6 @@ SECRET = "Sup3r-s3cret-pw-Xq9"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    full_env = os.environ.copy()
-    full_env.pop("POOLPROXY_CONFIG", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=30)
 
 
 def pg_connect(proxy: ProxyProcess, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -105,7 +95,7 @@ def pg_proxy_fresh(pg_server: PgServer, proxy_factory: Any) -> Iterator[ProxyPro
 
 
 def test_version() -> None:
-    result = cli("--version")
+    result = run_cli("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"poolproxy {__version__}"
 
@@ -113,7 +103,7 @@ def test_version() -> None:
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.name)
 def test_check_example_configs(path: Path) -> None:
     env = {"APP_DB_PASSWORD": SECRET, "ADMIN_DB_PASSWORD": SECRET + "-admin"}
-    result = cli("-c", str(path), "--check", env=env)
+    result = run_cli("-c", str(path), "--check", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "listener " in out and "user app" in out, out
@@ -143,7 +133,7 @@ listeners:
 
 def test_check_bad_port_names_the_key_path(tmp_path: Path) -> None:
     path = _write(tmp_path, LISTENER_YAML.format(port=70000, password=SECRET))
-    result = cli("-c", str(path), "--check")
+    result = run_cli("-c", str(path), "--check")
     assert result.returncode == 1
     assert "listeners[0].server.port" in result.stderr, result.stderr
     assert "65535" in result.stderr
@@ -152,7 +142,7 @@ def test_check_bad_port_names_the_key_path(tmp_path: Path) -> None:
 
 def test_check_unknown_key_names_the_key_path(tmp_path: Path) -> None:
     text = "defaults: {pool_sise: 3}\n" + LISTENER_YAML.format(port=5432, password=SECRET)
-    result = cli("-c", str(_write(tmp_path, text)), "--check")
+    result = run_cli("-c", str(_write(tmp_path, text)), "--check")
     assert result.returncode == 1
     assert "defaults.pool_sise" in result.stderr, result.stderr
     assert "unknown" in result.stderr.lower()
@@ -160,7 +150,7 @@ def test_check_unknown_key_names_the_key_path(tmp_path: Path) -> None:
 
 def test_check_unknown_listener_key(tmp_path: Path) -> None:
     text = LISTENER_YAML.format(port=5432, password=SECRET) + "    colour: blue\n"
-    result = cli("-c", str(_write(tmp_path, text)), "--check")
+    result = run_cli("-c", str(_write(tmp_path, text)), "--check")
     assert result.returncode == 1
     assert "listeners[0].colour" in result.stderr, result.stderr
 

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from proxy.config import Config, parse_config, parse_duration
+from tests.harness import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -100,15 +101,8 @@ def configmap_configs() -> dict[str, str]:
     return out
 
 
-def _check_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "POOLPROXY_CONFIG"}
-    env.update(CHECK_ENV)
-    return env
-
-
 def run_check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", "-c", str(path), "--check"],
-                          cwd=REPO, env=_check_env(), capture_output=True, text=True, timeout=60)
+    return run_cli("-c", str(path), "--check", env=CHECK_ENV)
 
 
 # ------------------------------------------------------------------------------ config files

@@ -17,8 +17,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from tests.harness import (
     make_config,
     mysql_listener,
     pg_listener,
+    run_cli,
 )
 from tests.harness.util import wait_for
 
@@ -50,18 +49,6 @@ def listener(name: str, protocol: str, port: int, server: dict[str, Any]) -> dic
 def config(*listeners: dict[str, Any], admin_port: int | None = None) -> dict[str, Any]:
     admin = {"listen": f"127.0.0.1:{admin_port}" if admin_port else ""}
     return {"admin": admin, "listeners": list(listeners)}
-
-
-def env_without_config() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "POOLPROXY_CONFIG"}
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=cwd,
-                          env=env_without_config(), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture

@@ -28,7 +28,15 @@ import psycopg
 import pymysql
 import pytest
 
-from tests.harness import MariaDbServer, PgServer, ProxyProcess, make_config, mysql_listener, pg_listener
+from tests.harness import (
+    MariaDbServer,
+    PgServer,
+    ProxyProcess,
+    make_config,
+    mysql_listener,
+    pg_listener,
+    run_cli,
+)
 from tests.harness.certs import Pki
 from tests.harness.mariadb import TLS_PASSWORD as MY_TLS_PASSWORD
 from tests.harness.mariadb import TLS_USER as MY_TLS_USER
@@ -426,9 +434,6 @@ def test_passthrough_inside_tls_both_protocols(proxy: ProxyProcess, tls_pki: Pki
 
 
 def test_check_reports_unreadable_tls_files(tls_pki: Pki, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     import yaml
 
     config = make_config(pg_listener(
@@ -439,14 +444,12 @@ def test_check_reports_unreadable_tls_files(tls_pki: Pki, tmp_path: Path) -> Non
         server_tls={"mode": "verify-full", "ca_file": str(tls_pki.ca)}))
     path = tmp_path / "poolproxy.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "proxy", "-c", str(path), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = run_cli("-c", str(path), "--check")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "listeners[pg].client_tls.cert_file" in result.stdout
     assert "missing.crt" in result.stdout
     # and the daemon refuses to start with it, naming the key
-    proc = subprocess.run([sys.executable, "-m", "proxy", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_cli("-c", str(path))
     assert proc.returncode == 1
     assert "client_tls.cert_file" in proc.stderr + proc.stdout
 

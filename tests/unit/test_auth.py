@@ -40,24 +40,20 @@ from proxy.auth.scram import (
     salted_password,
     saslprep,
 )
+from tests.unit.rfc7677 import (
+    RFC_CLIENT_FINAL,
+    RFC_CLIENT_FIRST,
+    RFC_CLIENT_NONCE,
+    RFC_PASSWORD,
+    RFC_SALT,
+    RFC_SERVER_FINAL,
+    RFC_SERVER_FIRST,
+    RFC_SERVER_NONCE,
+)
 
 # ---------------------------------------------------------------------------------------------
 # SCRAM-SHA-256: RFC 7677 section 3 test vector
 # ---------------------------------------------------------------------------------------------
-
-RFC_PASSWORD = "pencil"
-RFC_CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"
-RFC_SERVER_NONCE = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
-RFC_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
-RFC_CLIENT_FIRST = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
-RFC_SERVER_FIRST = (
-    b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
-)
-RFC_CLIENT_FINAL = (
-    b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
-    b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
-)
-RFC_SERVER_FINAL = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
 
 def rfc_verifier() -> ScramVerifier:

@@ -38,21 +38,17 @@ from proxy.auth.scram import (
     parse_verifier,
     salted_password,
 )
+from tests.unit.rfc7677 import (
+    RFC_CLIENT_FINAL,
+    RFC_CLIENT_NONCE,
+    RFC_SALT,
+    RFC_SERVER_FINAL,
+    RFC_SERVER_FIRST,
+)
 
 # ---------------------------------------------------------------------------------------------
 # SCRAM-SHA-256
 # ---------------------------------------------------------------------------------------------
-
-RFC_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
-RFC_CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"
-RFC_SERVER_FIRST = (
-    b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
-)
-RFC_CLIENT_FINAL = (
-    b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
-    b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
-)
-RFC_SERVER_FINAL = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
 
 def independent_keys(password: bytes, salt: bytes, iterations: int) -> tuple[bytes, bytes]:

@@ -125,11 +125,17 @@ listeners:
     return rt
 
 
-def test_auth_switch_answer_is_never_taken_for_an_sslrequest(
-        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[bytes] = []
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The bytes each TLS handshake the client would start begins with (none is started)."""
+    begun: list[bytes] = []
     monkeypatch.setattr(ClientConnection, "_start_tls",
-                        lambda self, ctx, answer=b"", initial=b"": started.append(initial))
+                        lambda self, ctx, answer=b"", initial=b"": begun.append(initial))
+    return begun
+
+
+def test_auth_switch_answer_is_never_taken_for_an_sslrequest(
+        loop: asyncio.AbstractEventLoop, started: list[bytes]) -> None:
     rt = tls_runtime(loop, "caching_sha2_password")
     for _ in range(64):  # about half of the scrambles have the CLIENT_SSL bit set
         client, transport = connect(rt)
@@ -145,10 +151,7 @@ def test_auth_switch_answer_is_never_taken_for_an_sslrequest(
 
 
 def test_split_sslrequest_then_clienthello_starts_tls(
-        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[bytes] = []
-    monkeypatch.setattr(ClientConnection, "_start_tls",
-                        lambda self, ctx, answer=b"", initial=b"": started.append(initial))
+        loop: asyncio.AbstractEventLoop, started: list[bytes]) -> None:
     rt = tls_runtime(loop, "mysql_native_password")
     client, transport = connect(rt)
     request = my.encode_packet(1, my.build_ssl_request(CAPS))
