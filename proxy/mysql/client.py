@@ -120,20 +120,8 @@ class ClientConnection(ClientLogin):
             if reader._buf:  # the first packet came split: look at it whole
                 data = reader.pending + data
                 reader.clear()
-            if len(data) >= 4 and data[0] == codec.SSL_REQUEST_LENGTH and not data[1] \
-                    and not data[2]:
-                if len(data) < 36:
-                    reader.feed(data)  # wait for the rest of the SSLRequest
-                    return
-                if codec.is_ssl_request(data[4:36]):
-                    # SSLRequest and the start of the TLS handshake in one read: the
-                    # handshake's bytes must reach the TLS layer, not the packet reader.
-                    self._auth_seq = data[3]
-                    try:
-                        self._on_ssl_request(data[36:])
-                    except ProxyError as exc:
-                        self._refuse_login(exc)
-                    return
+            if self._ssl_request(data):
+                return
         if self.state is not C_LOGIN and not self.infile and not reader._buf:
             # Fast path: a command is normally exactly one packet in one chunk.
             n = len(data)
@@ -168,6 +156,24 @@ class ClientConnection(ClientLogin):
             self._command(seq, payload, None)
 
     # ------------------------------------------------------------------ commands
+    def _ssl_request(self, data: bytes) -> bool:
+        """The login's first chunk, when it is (or starts) an SSLRequest: the TLS handshake
+        may follow in the same read, and its bytes must reach the TLS layer, not the packet
+        reader. True when this chunk was taken care of here."""
+        if len(data) < 4 or data[0] != codec.SSL_REQUEST_LENGTH or data[1] or data[2]:
+            return False
+        if len(data) < 36:
+            self._reader.feed(data)  # wait for the rest of the SSLRequest
+            return True
+        if not codec.is_ssl_request(data[4:36]):
+            return False
+        self._auth_seq = data[3]
+        try:
+            self._on_ssl_request(data[36:])
+        except ProxyError as exc:
+            self._refuse_login(exc)
+        return True
+
     def _command(self, seq: int, payload: bytes, raw: bytes | None) -> None:
         if not payload:
             self.fail(ProtocolViolation("empty command packet"), seq=seq + 1)
