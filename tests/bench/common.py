@@ -101,12 +101,14 @@ class Poolproxy:
     one listener, log level warning, admin HTTP off unless ``admin`` (then on 127.0.0.1)."""
 
     def __init__(self, workdir: Path, listener: dict[str, Any], pool_size: int,
-                 admin: bool = False, workers: int = 1) -> None:
+                 admin: bool = False, workers: int = 1, python: str | None = None) -> None:
         config = make_config(listener, admin=admin, defaults={"pool_size": pool_size})
         config["logging"] = {"level": "warning", "format": "text"}
         if workers > 1:
             config["workers"] = workers  # pool_size is then split over the worker processes
-        self.process = ProxyProcess(config, workdir)
+        # `python`: the interpreter to run it with (default: the one running the script).
+        self.process = ProxyProcess(config, workdir,
+                                    command=[python, "-m", "proxy"] if python else None)
         self.port = self.process.port(listener["name"])
 
     def start(self) -> None:
@@ -129,6 +131,39 @@ class Poolproxy:
 
     def log_tail(self, lines: int = 60) -> str:
         return self.process.log_tail(lines)
+
+
+@dataclass
+class Interpreter:
+    """A Python to run poolproxy with (``--python PATH``), and what it is."""
+
+    path: str
+    version: str  # platform.python_version()
+    #: Whether poolproxy's compiled modules load in it (else it runs the pure ones).
+    compiled: bool
+    label: str = ""  # the target's name: poolproxy@<version> (#2, #3, ... when repeated)
+
+
+def interpreters(paths: Sequence[str]) -> list[Interpreter]:
+    """Each ``--python`` interpreter, asked for its version and whether poolproxy's compiled
+    modules load in it (built for another Python version, they do not: it runs pure)."""
+    found: list[Interpreter] = []
+    probe = ("import platform, sys; sys.path.insert(0, sys.argv[1]); import proxy._native as n;"
+             " import proxy; print(platform.python_version(), n.compiled)")
+    for path in paths:
+        try:
+            out = subprocess.run([path, "-c", probe, str(REPO_ROOT)], capture_output=True,
+                                 text=True, timeout=60, check=True).stdout.split()
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SystemExit(f"--python {path}: cannot run poolproxy with it ({exc}); it needs"
+                             " poolproxy's dependencies (uvloop, PyYAML, prometheus-client,"
+                             " cryptography) installed") from None
+        interp = Interpreter(path, out[0], out[1] == "True")
+        label = f"poolproxy@{interp.version}"
+        taken = sum(1 for i in found if i.label.split("#")[0] == label)
+        interp.label = f"{label}#{taken + 1}" if taken else label
+        found.append(interp)
+    return found
 
 
 # --------------------------------------------------------------------------- report

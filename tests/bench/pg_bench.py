@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -61,6 +62,7 @@ from common import (  # noqa: E402
     fmt,
     git_describe,
     install_signal_handlers,
+    interpreters,
     make_workdir,
     measure_metrics_cost,
     median_runs,
@@ -108,7 +110,8 @@ MODES: dict[str, list[str]] = {
 DEFAULT_MODES = ("simple", "extended", "connect")
 DEFAULT_COST_MODES = ("simple",)  # --metrics-cost: the busiest mode shows the cost best
 # Targets run in this order within a round; "pgbouncer" stands for every --pgbouncer binary, each
-# a target named after its version (BouncerBuild.label).
+# a target named after its version (BouncerBuild.label); every --python interpreter runs right
+# after "poolproxy" (Interpreter.label).
 TARGETS = ("direct", "pgbouncer", "poolproxy", "forwarder")
 
 
@@ -382,13 +385,14 @@ class PgBouncerGroup:
 
 
 def pg_poolproxy(workdir: Path, pg: PgServer, pool_size: int, admin: bool = False,
-                 workers: int = 1, tls: tuple[Path, Path] | None = None) -> Poolproxy:
+                 workers: int = 1, tls: tuple[Path, Path] | None = None,
+                 python: str | None = None) -> Poolproxy:
     """poolproxy with one PostgreSQL listener ("pg") for app in front of ``pg``."""
     listener = pg_listener(pg, name="pg", users=[{"name": APP_USER, "password": APP_PASSWORD}])
     if tls is not None:
         listener["client_tls"] = {"mode": "require", "cert_file": str(tls[0]),
                                   "key_file": str(tls[1])}
-    return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers)
+    return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers, python=python)
 
 
 Pooler = PgBouncer | PgBouncerGroup | Poolproxy | Forwarder
@@ -519,9 +523,12 @@ def mode_ratio(results: list[RunResult], mode: str, a: str, b: str) -> str:
     return paired_ratio(results, "mode", mode, a, b)
 
 
-def markdown_table(results: list[RunResult], modes: list[str], bouncers: list[str]) -> str:
+def markdown_table(results: list[RunResult], modes: list[str], bouncers: list[str],
+                   others: Sequence[str] = ()) -> str:
     """One row per mode: tps, latency and pooler CPU of direct, every PgBouncer (``bouncers``:
-    their target names) and poolproxy, with poolproxy's tps ratio to each PgBouncer."""
+    their target names) and poolproxy, with poolproxy's tps ratio to each PgBouncer; then the
+    forwarder's table, if it ran, and one for poolproxy under other interpreters (``others``:
+    their target names)."""
     by_key = median_runs(results, "mode")
     main_targets = ["direct", *bouncers, "poolproxy"]
     poolers = [*bouncers, "poolproxy"]
@@ -552,6 +559,17 @@ def markdown_table(results: list[RunResult], modes: list[str], bouncers: list[st
               mode_ratio(results, mode, "poolproxy", "forwarder"),
               cell(by_key.get((mode, "forwarder")), "latency_ms", 2),
               cell(by_key.get((mode, "forwarder")), "cpu_ms_per_1000", 1)]
+             for mode in modes])]
+    if others:
+        lines += ["", *table_lines(
+            ["mode", *(f"{o} {what}" for o in others for what in ("tps", "CPU ms/1000 txn")),
+             *(f"{o}/poolproxy" for o in others),
+             *(f"{o}/{b}" for o in others for b in bouncers)],
+            [[mode_label(mode),
+              *(cell(by_key.get((mode, o)), what, digits) for o in others
+                for what, digits in (("tps", 0), ("cpu_ms_per_1000", 1))),
+              *(mode_ratio(results, mode, o, "poolproxy") for o in others),
+              *(mode_ratio(results, mode, o, b) for o in others for b in bouncers)]
              for mode in modes])]
     return "\n".join(lines)
 
@@ -594,6 +612,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--forwarder", action="store_true",
                         help="also run a bare uvloop byte forwarder (one server connection per "
                              "client, no parsing, no pooling): the floor for a Python proxy")
+    parser.add_argument("--python", action="append", metavar="PATH", default=[],
+                        help="also run poolproxy with this Python interpreter (it needs"
+                             " poolproxy's dependencies), as a target of its own named"
+                             " poolproxy@<version>; give it more than once for several")
     parser.add_argument("--pgbouncer-secret", choices=("plain", "scram"), default="plain",
                         help="what PgBouncer's userlist.txt holds for app: the plain password "
                              "(default) or the server's SCRAM verifier")
@@ -618,6 +640,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_metrics_cost_args(parser, args)
     if args.scaling is not None and (args.scaling < 2 or args.metrics_cost or args.tls_storm):
         parser.error("--scaling N needs N >= 2 and neither --metrics-cost nor --tls-storm")
+    if args.python and (args.scaling or args.metrics_cost or args.tls_storm):
+        parser.error("--python goes with the usual comparison: not with --scaling,"
+                     " --metrics-cost or --tls-storm")
     if args.connect_clients is None:
         args.connect_clients = args.clients
     if not args.pgbouncer:
@@ -648,6 +673,14 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
     cleanup.add("poolproxy", proxy.stop)
     proxy.start()
     poolers["poolproxy"] = proxy
+    for interp in args.interpreters:
+        other = pg_poolproxy(workdir / interp.label.replace("#", "-"), pg, args.pool_size,
+                             workers=args.workers, tls=tls_files, python=interp.path)
+        cleanup.add(interp.label, other.stop)
+        other.start()
+        print(f"{interp.label}: {interp.path} ({'compiled' if interp.compiled else 'pure'})",
+              flush=True)
+        poolers[interp.label] = other
     if args.forwarder:
         forwarder = Forwarder(workdir / "forwarder", pg.host, pg.port)
         cleanup.add("forwarder", forwarder.stop)
@@ -657,7 +690,9 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
 
     warm_up(args, pgbench, pg)
     targets = [name for t in TARGETS
-               for name in ([b.label for b in builds] if t == "pgbouncer" else [t])
+               for name in ([b.label for b in builds] if t == "pgbouncer"
+                            else [t, *(i.label for i in args.interpreters)] if t == "poolproxy"
+                            else [t])
                if name in ports]
     unsupported = {(m, b.label): b.unsupported(m) for m in args.modes for b in builds}
     print(f"running {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
@@ -894,6 +929,7 @@ def warm_up(args: argparse.Namespace, pgbench: str, pg: PgServer) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.interpreters = interpreters(args.python)
     install_signal_handlers()
     pgbench = pgbench_binary()
     use_pgbouncer = not args.skip_pgbouncer and not args.metrics_cost
@@ -928,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "kernel": platform.release(),
             "python": platform.python_version(),
+            "python_executable": sys.executable,
+            "pythons": [asdict(i) for i in args.interpreters],
             "postgresql": pg_version,
             "pgbouncer": "; ".join(b.version for b in builds) or None,
             "pgbouncers": [{
@@ -965,7 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.scaling:
                 print(scaling_table(results, args.modes, builds, args.scaling))
             else:
-                print(markdown_table(results, args.modes, [b.label for b in builds]))
+                print(markdown_table(results, args.modes, [b.label for b in builds],
+                                     [i.label for i in args.interpreters]))
             print()
             print(
                 (f"{args.scaling} processes: PgBouncer with so_reuseport = 1, poolproxy with"
@@ -973,8 +1012,11 @@ def main(argv: list[str] | None = None) -> int:
                  if args.scaling else "") +
                 f"{meta['cpus']} CPUs, PostgreSQL {pg_version},"
                 f" {', '.join(b.version for b in builds) or 'no PgBouncer'},"
-                f" poolproxy {meta['poolproxy_commit']};"
-                f" pgbench -j {args.threads} -T {args.duration} -n, scale {args.scale}, pool"
+                f" poolproxy {meta['poolproxy_commit']} (Python {meta['python']}"
+                f" {sys.executable}"
+                + "".join(f"; {i.label}: {i.path}, {'compiled' if i.compiled else 'pure'}"
+                          for i in args.interpreters)
+                + f"); pgbench -j {args.threads} -T {args.duration} -n, scale {args.scale}, pool"
                 f" size {args.pool_size}{workers_note(args.workers)}."
                 + (f" Each figure: the median-tps run of {args.rounds} interleaved rounds"
                    " (-C: one); ratios: median (range) of the ratios within a round."
