@@ -697,6 +697,88 @@ LISTEN_PORT, SERVER_HOST, SERVER_PORT = int(sys.argv[1]), sys.argv[2], int(sys.a
 uvloop.run(main())
 """
 
+#: The login floor (pg_bench.py --login-floor): what any asyncio/uvloop pooler must spend per
+#: `pgbench -S -C` transaction, whatever its pooling. A uvloop server that logs a client in with
+#: SCRAM-SHA-256 (poolproxy's own sans-IO ScramServer, the least Python a SCRAM login needs),
+#: sends the parameters a server reports, answers every Query with one canned row (and pgbench's
+#: start-up question about pgbench_accounts with the row it expects), and closes on Terminate.
+#: No pool, no database, no statement analysis.
+LOGIN_FLOOR_SOURCE = """
+import asyncio, struct, sys, uvloop
+from proxy.auth.scram import ScramError, ScramServer, make_verifier
+
+def msg(t, body):
+    return t + struct.pack("!I", len(body) + 4) + body
+
+def column(name):  # an int4 column of no table
+    return name + b"\\0" + bytes(6) + struct.pack("!IhiH", 23, 4, -1, 0)
+
+def row(*values):
+    return msg(b"D", struct.pack("!H", len(values)) + b"".join(
+        struct.pack("!i", -1) if v is None else struct.pack("!I", len(v)) + v for v in values))
+
+PARAMS = b"".join(msg(b"S", k + b"\\0" + v + b"\\0") for k, v in [
+    (b"server_version", b"15.0"), (b"server_encoding", b"UTF8"), (b"client_encoding", b"UTF8"),
+    (b"DateStyle", b"ISO, MDY"), (b"TimeZone", b"UTC"), (b"IntervalStyle", b"postgres"),
+    (b"integer_datetimes", b"on"), (b"standard_conforming_strings", b"on"),
+    (b"application_name", b"pgbench"), (b"is_superuser", b"off"),
+    (b"session_authorization", b"app"), (b"default_transaction_read_only", b"off")])
+READY = msg(b"Z", b"I")
+DONE = msg(b"C", b"SELECT 1\\0") + READY
+SELECT = msg(b"T", b"\\0\\1" + column(b"abalance")) + row(b"1") + DONE
+TABLE_INFO = (msg(b"T", b"\\0\\3" + column(b"n") + column(b"partstrat") + column(b"count"))
+              + row(b"1", None, b"0") + DONE)
+
+class Login(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buf, self.started, self.scram = transport, b"", False, None
+    def data_received(self, data):
+        buf = self.buf + data
+        while True:
+            if not self.started:
+                if len(buf) < 8 or len(buf) < struct.unpack_from("!I", buf)[0]:
+                    break
+                n, code = struct.unpack_from("!II", buf)
+                buf = buf[n:]
+                if code == 80877103:  # SSLRequest: no TLS here
+                    self.transport.write(b"N")
+                    continue
+                self.started = True
+                self.transport.write(msg(b"R", struct.pack("!I", 10) + b"SCRAM-SHA-256\\0\\0"))
+                continue
+            if len(buf) < 5 or len(buf) < struct.unpack_from("!I", buf, 1)[0] + 1:
+                break
+            n = struct.unpack_from("!I", buf, 1)[0] + 1
+            kind, body, buf = buf[:1], buf[5:n], buf[n:]
+            if kind == b"p" and self.scram is None:
+                self.scram = ScramServer(VERIFIER)
+                data_at = body.index(b"\\0") + 5
+                first = self.scram.handle_client_first(body[data_at:])
+                self.transport.write(msg(b"R", struct.pack("!I", 11) + first))
+            elif kind == b"p":
+                try:
+                    final = self.scram.handle_client_final(body)
+                except ScramError:
+                    self.transport.close()
+                    return
+                self.transport.write(msg(b"R", struct.pack("!I", 12) + final)
+                                     + msg(b"R", b"\\0\\0\\0\\0") + PARAMS
+                                     + msg(b"K", struct.pack("!II", 1, 2)) + READY)
+            elif kind == b"Q":
+                self.transport.write(TABLE_INFO if b"partstrat" in body else SELECT)
+            elif kind == b"X":
+                self.transport.close()
+                return
+        self.buf = buf
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Login, "127.0.0.1", LISTEN_PORT)
+    await server.serve_forever()
+
+LISTEN_PORT, USER, VERIFIER = int(sys.argv[1]), sys.argv[2], make_verifier(sys.argv[3])
+uvloop.run(main())
+"""
+
 
 class ChildProcess:
     """A process the benchmark starts itself (PgBouncer, the forwarder) in ``_proc``."""
@@ -711,26 +793,30 @@ class ChildProcess:
         return self._proc.pid if self._proc is not None else None
 
 
-class Forwarder(ChildProcess):
-    """FORWARDER_SOURCE as a child process on 127.0.0.1:<free port> in front of ``host``:``port``."""
+class ScriptProcess(ChildProcess):
+    """One of the uvloop scripts of this module (``SOURCE``) as a child process on
+    127.0.0.1:<free port> (its first argument), with the repository on its ``sys.path``."""
 
-    def __init__(self, workdir: Path, host: str, port: int) -> None:
+    NAME = "script"
+    SOURCE = ""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.logfile = workdir / "forwarder.log"
-        self.server_host, self.server_port = host, port
+        self.logfile = workdir / f"{self.NAME}.log"
+        self.args = args
         self.port = free_port()
 
     def start(self, timeout: float = 15.0) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         with open(self.logfile, "ab") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", FORWARDER_SOURCE, str(self.port), self.server_host,
-                 str(self.server_port)],
+                [sys.executable, "-c", self.SOURCE, str(self.port), *self.args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, env=env,
             )
         try:
-            wait_tcp(self.port, self.is_running, timeout, "forwarder")
+            wait_tcp(self.port, self.is_running, timeout, self.NAME)
         except Exception as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n{self.log_tail()}") from None
@@ -743,3 +829,23 @@ class Forwarder(ChildProcess):
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.logfile, lines)
+
+
+class Forwarder(ScriptProcess):
+    """FORWARDER_SOURCE in front of ``host``:``port`` (or the Unix socket ``host``)."""
+
+    NAME = "forwarder"
+    SOURCE = FORWARDER_SOURCE
+
+    def __init__(self, workdir: Path, host: str, port: int) -> None:
+        super().__init__(workdir, host, str(port))
+
+
+class LoginFloor(ScriptProcess):
+    """LOGIN_FLOOR_SOURCE: logs ``user`` in with SCRAM for ``password``, no database behind."""
+
+    NAME = "login-floor"
+    SOURCE = LOGIN_FLOOR_SOURCE
+
+    def __init__(self, workdir: Path, user: str, password: str) -> None:
+        super().__init__(workdir, user, password)

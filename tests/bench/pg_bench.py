@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     Cleanup,
     CostRun,
     Forwarder,
+    LoginFloor,
     Poolproxy,
     add_metrics_cost_args,
     as_text,
@@ -108,11 +109,13 @@ MODES: dict[str, list[str]] = {
     "connect": ["-S", "-C"],  # a new connection (and SCRAM login) per transaction
 }
 DEFAULT_MODES = ("simple", "extended", "connect")
+LOGIN_FLOOR_ONLY = ("the login floor answers every query with a canned row and has no database:"
+                    " only the connect mode (-C) measures it")
 DEFAULT_COST_MODES = ("simple",)  # --metrics-cost: the busiest mode shows the cost best
 # Targets run in this order within a round; "pgbouncer" stands for every --pgbouncer binary, each
 # a target named after its version (BouncerBuild.label); every --python interpreter runs right
-# after "poolproxy" (Interpreter.label).
-TARGETS = ("direct", "pgbouncer", "poolproxy", "forwarder")
+# after "poolproxy" (Interpreter.label). "login-floor" (--login-floor) runs the -C mode only.
+TARGETS = ("direct", "pgbouncer", "poolproxy", "forwarder", "login-floor")
 
 
 # --------------------------------------------------------------------------- results
@@ -395,7 +398,7 @@ def pg_poolproxy(workdir: Path, pg: PgServer, pool_size: int, admin: bool = Fals
     return Poolproxy(workdir, listener, pool_size, admin=admin, workers=workers, python=python)
 
 
-Pooler = PgBouncer | PgBouncerGroup | Poolproxy | Forwarder
+Pooler = PgBouncer | PgBouncerGroup | Poolproxy | Forwarder | LoginFloor
 
 
 def pooler_pids(pooler: Pooler | None) -> list[int]:
@@ -454,11 +457,13 @@ def init_pgbench_tables(pg: PgServer, pgbench: str, scale: int, workdir: Path) -
 
 def run_pgbench(
     pgbench: str, mode: str, target: str, port: int, clients: int, threads: int,
-    duration: int, pooler: Pooler | None,
+    duration: int, pooler: Pooler | None, rate: int | None = None,
 ) -> RunResult:
-    """One pgbench run; the pooler's CPU use is read from /proc around it."""
+    """One pgbench run (``rate``: at most that many transactions per second, pgbench -R); the
+    pooler's CPU use is read from /proc around it."""
     cmd = [
         pgbench, *MODES[mode], "-n", "-c", str(clients), "-j", str(threads), "-T", str(duration),
+        *(("-R", str(rate)) if rate else ()),
         "-h", "127.0.0.1", "-p", str(port), "-U", APP_USER, DBNAME,
     ]
     result = RunResult(mode=mode, target=target, clients=clients, threads=threads,
@@ -560,6 +565,17 @@ def markdown_table(results: list[RunResult], modes: list[str], bouncers: list[st
               cell(by_key.get((mode, "forwarder")), "latency_ms", 2),
               cell(by_key.get((mode, "forwarder")), "cpu_ms_per_1000", 1)]
              for mode in modes])]
+    floor_modes = [m for m in modes if by_key.get((m, "login-floor")) is not None]
+    if floor_modes:
+        lines += ["", *table_lines(
+            ["mode", "login-floor tps", "latency ms login-floor", "CPU ms/1000 txn login-floor",
+             *(f"CPU {t} / login-floor" for t in poolers)],
+            [[mode_label(mode), cell(by_key.get((mode, "login-floor")), "tps"),
+              cell(by_key.get((mode, "login-floor")), "latency_ms", 2),
+              cell(by_key.get((mode, "login-floor")), "cpu_ms_per_1000", 1),
+              *(cpu_ratio(by_key.get((mode, t)), by_key.get((mode, "login-floor")))
+                for t in poolers)]
+             for mode in floor_modes])]
     if others:
         lines += ["", *table_lines(
             ["mode", *(f"{o} {what}" for o in others for what in ("tps", "CPU ms/1000 txn")),
@@ -572,6 +588,13 @@ def markdown_table(results: list[RunResult], modes: list[str], bouncers: list[st
               *(mode_ratio(results, mode, o, b) for o in others for b in bouncers)]
              for mode in modes])]
     return "\n".join(lines)
+
+
+def cpu_ratio(a: RunResult | None, b: RunResult | None) -> str:
+    """a's CPU per transaction over b's (the median-tps runs), "—" when either is missing."""
+    if a is None or b is None or not a.cpu_ms_per_1000 or not b.cpu_ms_per_1000:
+        return "—"
+    return f"{a.cpu_ms_per_1000 / b.cpu_ms_per_1000:.2f}"
 
 
 def mode_label(mode: str) -> str:
@@ -612,6 +635,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--forwarder", action="store_true",
                         help="also run a bare uvloop byte forwarder (one server connection per "
                              "client, no parsing, no pooling): the floor for a Python proxy")
+    parser.add_argument("--login-floor", action="store_true",
+                        help="also run the login floor in the connect (-C) mode: a bare uvloop"
+                             " server that logs clients in with SCRAM and answers pgbench's"
+                             " queries with canned rows (no pool, no database)")
+    parser.add_argument("--connect-rate", type=int, default=None, metavar="TPS",
+                        help="run the connect (-C) mode at this rate for every target (pgbench"
+                             " -R), so that CPU per login is compared at the same load")
     parser.add_argument("--python", action="append", metavar="PATH", default=[],
                         help="also run poolproxy with this Python interpreter (it needs"
                              " poolproxy's dependencies), as a target of its own named"
@@ -640,9 +670,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_metrics_cost_args(parser, args)
     if args.scaling is not None and (args.scaling < 2 or args.metrics_cost or args.tls_storm):
         parser.error("--scaling N needs N >= 2 and neither --metrics-cost nor --tls-storm")
-    if args.python and (args.scaling or args.metrics_cost or args.tls_storm):
-        parser.error("--python goes with the usual comparison: not with --scaling,"
-                     " --metrics-cost or --tls-storm")
+    if (args.python or args.login_floor) and (args.scaling or args.metrics_cost
+                                              or args.tls_storm):
+        parser.error("--python and --login-floor go with the usual comparison: not with"
+                     " --scaling, --metrics-cost or --tls-storm")
     if args.connect_clients is None:
         args.connect_clients = args.clients
     if not args.pgbouncer:
@@ -686,6 +717,11 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
         cleanup.add("forwarder", forwarder.stop)
         forwarder.start()
         poolers["forwarder"] = forwarder
+    if args.login_floor:
+        floor = LoginFloor(workdir / "login-floor", APP_USER, APP_PASSWORD)
+        cleanup.add("login-floor", floor.stop)
+        floor.start()
+        poolers["login-floor"] = floor
     ports = {"direct": pg.port, **{name: p.port for name, p in poolers.items()}}
 
     warm_up(args, pgbench, pg)
@@ -695,6 +731,8 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
                             else [t])
                if name in ports]
     unsupported = {(m, b.label): b.unsupported(m) for m in args.modes for b in builds}
+    unsupported.update({(m, "login-floor"): LOGIN_FLOOR_ONLY for m in args.modes
+                        if "-C" not in MODES[m]})
     print(f"running {len(args.modes)} modes x {len(targets)} targets x {args.duration}s\n",
           flush=True)
     return run_rounds(args, pgbench, targets, ports, poolers, unsupported)
@@ -735,8 +773,10 @@ def run_rounds(args: argparse.Namespace, pgbench: str, targets: list[str],
             print(f"  {target} is not running; restarting it", flush=True)
             pooler.stop()
             pooler.start()
+        reconnecting = "-C" in MODES[mode]
         result = run_pgbench(pgbench, mode, target, ports[target], clients,
-                             args.threads, args.duration, pooler)
+                             args.threads, args.duration, pooler,
+                             rate=args.connect_rate if reconnecting else None)
         result.round = round_no + 1
         results.append(result)
         cpu = result.cpu_ms_per_1000
@@ -982,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": args.scale,
             "pool_size": args.pool_size,
             "poolproxy_workers": args.workers,
+            "connect_rate": args.connect_rate,
             "scaling": args.scaling,
         }
         print()
@@ -1021,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" Each figure: the median-tps run of {args.rounds} interleaved rounds"
                    " (-C: one); ratios: median (range) of the ratios within a round."
                    if args.rounds > 1 else "")
+                + (f" -C runs at most {args.connect_rate} tps (pgbench -R)."
+                   if args.connect_rate else "")
                 + " tps excludes connection time except for -C. CPU = the"
                 " pooler's utime+stime during the run per 1000 transactions (= µs per"
                 " transaction). (!) = the run had problems, see below."
