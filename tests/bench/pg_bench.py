@@ -674,6 +674,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                               or args.tls_storm):
         parser.error("--python and --login-floor go with the usual comparison: not with"
                      " --scaling, --metrics-cost or --tls-storm")
+    if (args.login_floor or args.connect_rate) and "connect" not in args.modes:
+        parser.error("--login-floor and --connect-rate need the connect mode (--modes ...,connect)")
+    if args.connect_rate is not None and args.connect_rate < 1:
+        parser.error("--connect-rate must be at least 1")
     if args.connect_clients is None:
         args.connect_clients = args.clients
     if not args.pgbouncer:
