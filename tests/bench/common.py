@@ -699,9 +699,10 @@ uvloop.run(main())
 
 #: The login floor (pg_bench.py --login-floor): what any asyncio/uvloop pooler must spend per
 #: `pgbench -S -C` transaction, whatever its pooling. A uvloop server that logs a client in with
-#: SCRAM-SHA-256 (poolproxy's own sans-IO ScramServer, the least Python a SCRAM login needs),
-#: sends the parameters a server reports, answers every Query with one canned row (and pgbench's
-#: start-up question about pgbench_accounts with the row it expects), and closes on Terminate.
+#: SCRAM-SHA-256 for one password, whatever the user name (poolproxy's own sans-IO ScramServer,
+#: the least Python a SCRAM login needs), sends the parameters a server reports, answers every
+#: Query with one canned row (and pgbench's start-up question about pgbench_accounts with the
+#: row it expects), and closes on Terminate.
 #: No pool, no database, no statement analysis.
 LOGIN_FLOOR_SOURCE = """
 import asyncio, struct, sys, uvloop
@@ -775,7 +776,7 @@ async def main():
     server = await asyncio.get_running_loop().create_server(Login, "127.0.0.1", LISTEN_PORT)
     await server.serve_forever()
 
-LISTEN_PORT, USER, VERIFIER = int(sys.argv[1]), sys.argv[2], make_verifier(sys.argv[3])
+LISTEN_PORT, VERIFIER = int(sys.argv[1]), make_verifier(sys.argv[2])
 uvloop.run(main())
 """
 
@@ -842,10 +843,10 @@ class Forwarder(ScriptProcess):
 
 
 class LoginFloor(ScriptProcess):
-    """LOGIN_FLOOR_SOURCE: logs ``user`` in with SCRAM for ``password``, no database behind."""
+    """LOGIN_FLOOR_SOURCE: logs any user in with SCRAM for ``password``, no database behind."""
 
     NAME = "login-floor"
     SOURCE = LOGIN_FLOOR_SOURCE
 
-    def __init__(self, workdir: Path, user: str, password: str) -> None:
-        super().__init__(workdir, user, password)
+    def __init__(self, workdir: Path, password: str) -> None:
+        super().__init__(workdir, password)

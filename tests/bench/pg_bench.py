@@ -722,7 +722,7 @@ def compare(args: argparse.Namespace, pgbench: str, pg: PgServer, workdir: Path,
         forwarder.start()
         poolers["forwarder"] = forwarder
     if args.login_floor:
-        floor = LoginFloor(workdir / "login-floor", APP_USER, APP_PASSWORD)
+        floor = LoginFloor(workdir / "login-floor", APP_PASSWORD)
         cleanup.add("login-floor", floor.stop)
         floor.start()
         poolers["login-floor"] = floor
@@ -763,7 +763,8 @@ def run_rounds(args: argparse.Namespace, pgbench: str, targets: list[str],
     rounds = {m: args.rounds if "-C" not in MODES[m] else 1 for m in args.modes}
     for mode, round_no, target in [(m, i, t) for m in args.modes for i in range(rounds[m])
                                    for t in targets]:
-        clients = args.connect_clients if "-C" in MODES[mode] else args.clients
+        reconnecting = "-C" in MODES[mode]
+        clients = args.connect_clients if reconnecting else args.clients
         why_not = unsupported.get((mode, target), "")
         if why_not:
             if round_no == 0:  # recorded (and printed) once, not per round
@@ -777,7 +778,6 @@ def run_rounds(args: argparse.Namespace, pgbench: str, targets: list[str],
             print(f"  {target} is not running; restarting it", flush=True)
             pooler.stop()
             pooler.start()
-        reconnecting = "-C" in MODES[mode]
         result = run_pgbench(pgbench, mode, target, ports[target], clients,
                              args.threads, args.duration, pooler,
                              rate=args.connect_rate if reconnecting else None)
